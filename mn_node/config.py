@@ -1,0 +1,447 @@
+"""Configuration from environment variables and an optional env file (DESIGN §2).
+
+Every problem is a :class:`ConfigError` whose message is one line naming the variable,
+the bad value (never the cookie) and the fix; the daemon exits 78 on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from mn_node.errors import ConfigError
+
+ENV_PREFIX = "MIRROR_NEURON_"
+DEFAULT_DIST_PORT = 4370
+DEFAULT_API_PORT = 4000
+DEFAULT_ENV_FILE = "/etc/mirror-neuron/mirror-neuron.env"
+ORIGINAL_DEFAULT_COOKIE = b"mirrorneuron"
+MIN_COOKIE_BYTES = 32
+DISCOVERY_SOURCES = frozenset({"static", "mdns"})
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
+
+
+@dataclass(frozen=True, order=True)
+class NodeAddr:
+    """One cluster member: its name ``short@host`` and where its link listener is."""
+
+    name: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def cookie_hash(cookie: bytes) -> str:
+    """Public identifier of a cookie (also the cluster id): safe to print and compare."""
+    return hashlib.blake2b(cookie, digest_size=8, person=b"mn-cookie-id").hexdigest()
+
+
+def parse_node_entry(entry: str, default_port: int, var: str) -> NodeAddr:
+    """Parse ``name@host[:port]`` (IPv6 hosts in brackets)."""
+    entry = entry.strip()
+    fix = f"fix: write {var} entries as name@host[:port], e.g. mn1@10.0.0.1,mn2@10.0.0.2:4370"
+    short, sep, rest = entry.partition("@")
+    if not sep or not _NAME_RE.match(short) or not rest:
+        raise ConfigError(f"{var}: entry {entry!r} is not name@host[:port]; {fix}")
+    port = default_port
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket:
+            raise ConfigError(f"{var}: entry {entry!r} has an unclosed '[' in its host; {fix}")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{var}: entry {entry!r} has a bad IPv6 host; {fix}") from None
+        if tail:
+            if not tail.startswith(":"):
+                raise ConfigError(f"{var}: entry {entry!r} has junk after ']'; {fix}")
+            port = _parse_port(tail[1:], var, entry)
+    else:
+        host, colon, port_s = rest.partition(":")
+        if colon:
+            port = _parse_port(port_s, var, entry)
+        if not _HOST_RE.match(host) or ".." in host:
+            raise ConfigError(f"{var}: entry {entry!r} has a bad host {host!r}; {fix}")
+    return NodeAddr(name=f"{short}@{host}", host=host, port=port)
+
+
+def _parse_port(value: str, var: str, shown: str | None = None) -> int:
+    shown = value if shown is None else shown
+    try:
+        port = int(value)
+    except ValueError:
+        raise ConfigError(
+            f"{var}: {shown!r} is not a port number; fix: use an integer 1-65535"
+        ) from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{var}: port {port} in {shown!r} is out of range; fix: use 1-65535")
+    return port
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def validate_redis_url(url: str, var: str = "MIRROR_NEURON_REDIS_URL") -> str:
+    fix = "fix: use redis://[:password@]host:6379/0 (rediss:// for TLS, unix:///path.sock)"
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{var}: {shown!r} is not a valid URL; {fix}") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{var}: {shown!r} has scheme {parts.scheme!r}; {fix}")
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError(f"{var}: {shown!r} names no socket path; {fix}")
+        return url
+    if not parts.hostname:
+        raise ConfigError(f"{var}: {shown!r} names no host; {fix}")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"{var}: {shown!r} has port out of range; {fix}")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"{var}: {shown!r} has database {db!r}, not a number; {fix}")
+    return url
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    """Read KEY=VALUE lines (``#`` comments, optional ``export`` and quotes), as systemd does."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--env-file: {path} does not exist; fix: create it or pass another path") from None
+    except PermissionError:
+        raise ConfigError(f"--env-file: {path} is not readable by this user; fix: run as root or the service user") from None
+    out: dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, eq, value = line.partition("=")
+        key = key.strip()
+        if not eq or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise ConfigError(f"--env-file: {path} line {lineno} is not KEY=VALUE; fix: edit that line")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key] = value
+    return out
+
+
+def local_addresses() -> set[str]:
+    """Every address configured on this machine's interfaces (plus loopback names)."""
+    import psutil
+
+    addrs = {"localhost"}
+    for entries in psutil.net_if_addrs().values():
+        for e in entries:
+            if e.family in (socket.AF_INET, socket.AF_INET6):
+                addrs.add(e.address.split("%", 1)[0])
+    return addrs
+
+
+def _host_is_local(host: str, local: set[str]) -> bool:
+    if host in local:
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return any(str(info[4][0]) in local for info in infos)
+
+
+@dataclass(frozen=True)
+class Config:
+    cookie: bytes = field(repr=False)
+    nodes: tuple[NodeAddr, ...]
+    me: NodeAddr
+    redis_url: str | None
+    namespace: str = "mirror_neuron"
+    dist_bind: str = ""
+    api_bind: str = "127.0.0.1"
+    api_port: int = DEFAULT_API_PORT
+    discovery: frozenset[str] = DISCOVERY_SOURCES
+    lease_ttl_ms: int = 2500
+    renew_interval_ms: int = 500
+    link_tick_ms: int = 400
+    link_timeout_ms: int = 1600
+    executor_capacity: int = 0
+    mdns_interface: str = ""
+    log_level: str = "INFO"
+    env_file: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.me.name
+
+    @property
+    def cookie_hash(self) -> str:
+        return cookie_hash(self.cookie)
+
+    @property
+    def peers(self) -> tuple[NodeAddr, ...]:
+        return tuple(n for n in self.nodes if n.name != self.me.name)
+
+    @property
+    def bind_host(self) -> str:
+        return self.dist_bind or self.me.host
+
+    def fingerprint(self) -> str:
+        """Hash of what every box must agree on (node list, Redis URL, cookie hash)."""
+        h = hashlib.blake2b(digest_size=8, person=b"mn-config-fp")
+        h.update(",".join(sorted(n.name + ":" + str(n.port) for n in self.nodes)).encode())
+        h.update(b"\0" + redact_url(self.redis_url or "").encode() + b"\0")
+        h.update(self.cookie_hash.encode())
+        return h.hexdigest()
+
+    def effective(self) -> dict[str, object]:
+        """The effective configuration, safe to print: the cookie appears only as its hash."""
+        return {
+            "node_name": self.me.name,
+            "cookie_hash": self.cookie_hash,
+            "cluster_nodes": [f"{n.name}:{n.port}" for n in self.nodes],
+            "dist_bind": self.bind_host,
+            "dist_port": self.me.port,
+            "api_bind": self.api_bind,
+            "api_port": self.api_port,
+            "redis_url": redact_url(self.redis_url) if self.redis_url else None,
+            "redis_namespace": self.namespace,
+            "discovery": sorted(self.discovery),
+            "lease_ttl_ms": self.lease_ttl_ms,
+            "renew_interval_ms": self.renew_interval_ms,
+            "link_tick_ms": self.link_tick_ms,
+            "link_timeout_ms": self.link_timeout_ms,
+            "executor_capacity": self.executor_capacity,
+            "config_fingerprint": self.fingerprint(),
+            "env_file": self.env_file,
+            "warnings": list(self.warnings),
+        }
+
+
+def _int(env: Mapping[str, str], key: str, default: int, lo: int, hi: int, unit: str = "") -> int:
+    var = ENV_PREFIX + key
+    raw = env.get(var, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{var}: {raw!r} is not an integer; fix: set a whole number{unit}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{var}: {value} is out of range; fix: use {lo}-{hi}{unit}")
+    return value
+
+
+def _read_cookie(env: Mapping[str, str]) -> bytes:
+    var = ENV_PREFIX + "COOKIE"
+    raw = env.get(var)
+    path = env.get(var + "_FILE", "").strip()
+    creds = env.get("CREDENTIALS_DIRECTORY", "").strip()
+    if raw is None and not path and creds and (Path(creds) / "cookie").is_file():
+        path = str(Path(creds) / "cookie")
+    if raw is None and path:
+        try:
+            data = Path(path).read_bytes().strip()
+        except OSError as e:
+            raise ConfigError(
+                f"{var}_FILE: cannot read {path} ({e.strerror}); fix: point it at a readable file"
+            ) from None
+        if not data:
+            raise ConfigError(f"{var}_FILE: {path} is empty; fix: write the shared cookie into it")
+        return data
+    if raw is None:
+        raise ConfigError(
+            f"{var} is not set; fix: set the same secret on every node, e.g. "
+            f"{var}=$(head -c 32 /dev/urandom | base64) (or {var}_FILE=/path)"
+        )
+    if not raw.strip():
+        raise ConfigError(f"{var} is empty; fix: set it to the cluster's shared secret (32+ random bytes)")
+    return raw.strip().encode()
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None,
+    env_file: str | None = None,
+    *,
+    require_redis: bool = True,
+) -> Config:
+    """Build and validate the configuration. Raises :class:`ConfigError` on the first problem."""
+    env: dict[str, str] = dict(os.environ if environ is None else environ)
+    if env_file:
+        env.update(parse_env_file(Path(env_file)))
+    warnings: list[str] = []
+
+    cookie = _read_cookie(env)
+    if cookie == ORIGINAL_DEFAULT_COOKIE:
+        warnings.append(
+            "MIRROR_NEURON_COOKIE is the original's public default 'mirrorneuron'; "
+            "fix: generate one with head -c 32 /dev/urandom | base64"
+        )
+    elif len(cookie) < MIN_COOKIE_BYTES:
+        warnings.append(
+            f"MIRROR_NEURON_COOKIE is {len(cookie)} bytes, under {MIN_COOKIE_BYTES}; "
+            "fix: generate one with head -c 32 /dev/urandom | base64"
+        )
+
+    dist_port = _int(env, "DIST_PORT", DEFAULT_DIST_PORT, 1, 65535)
+    api_port = _int(env, "API_PORT", DEFAULT_API_PORT, 1, 65535)
+    var_nodes = ENV_PREFIX + "CLUSTER_NODES"
+    nodes: list[NodeAddr] = []
+    seen: dict[str, NodeAddr] = {}
+    for entry in env.get(var_nodes, "").split(","):
+        if not entry.strip():
+            continue
+        addr = parse_node_entry(entry, dist_port, var_nodes)
+        if addr.name in seen:
+            raise ConfigError(f"{var_nodes}: node {addr.name} is listed twice; fix: list each node once")
+        clash = next((n for n in nodes if (n.host, n.port) == (addr.host, addr.port)), None)
+        if clash:
+            raise ConfigError(
+                f"{var_nodes}: {clash.name} and {addr.name} both use {addr.host}:{addr.port}; "
+                "fix: give each node on one host its own port (name@host:port)"
+            )
+        seen[addr.name] = addr
+        nodes.append(addr)
+
+    var_name = ENV_PREFIX + "NODE_NAME"
+    own = env.get(var_name, "").strip()
+    if own:
+        me = parse_node_entry(own, dist_port, var_name)
+        listed = seen.get(me.name)
+        if listed is not None:
+            if ":" in own.rsplit("]", 1)[-1].partition("@")[2] and listed.port != me.port:
+                raise ConfigError(
+                    f"{var_name}: port {me.port} differs from {listed.port} in {var_nodes}; "
+                    "fix: make them agree"
+                )
+            me = listed
+        else:
+            nodes.append(me)
+    else:
+        local = local_addresses()
+        mine = [n for n in nodes if _host_is_local(n.host, local)]
+        if not mine:
+            shown = ",".join(n.name for n in nodes) or "(empty)"
+            raise ConfigError(
+                f"{var_name} is not set and no entry of {var_nodes} ({shown}) is an address of "
+                f"this machine; fix: set {var_name}=name@<this box's address>"
+            )
+        if len(mine) > 1:
+            raise ConfigError(
+                f"{var_name} is not set and several entries are local "
+                f"({', '.join(n.name for n in mine)}); fix: set {var_name} to one of them"
+            )
+        me = mine[0]
+
+    api_bind = env.get(ENV_PREFIX + "API_BIND", "").strip() or "127.0.0.1"
+    dist_bind = env.get(ENV_PREFIX + "DIST_BIND", "").strip()
+    if api_port == me.port and _binds_overlap(api_bind, dist_bind or me.host):
+        raise ConfigError(
+            f"MIRROR_NEURON_API_PORT: {api_port} is also this node's dist port; "
+            "fix: use different ports (defaults: API 4000, dist 4370)"
+        )
+
+    redis_url = env.get(ENV_PREFIX + "REDIS_URL", "").strip() or None
+    if redis_url is None:
+        if require_redis:
+            raise ConfigError(
+                "MIRROR_NEURON_REDIS_URL is not set; fix: set it to the shared Redis, "
+                "e.g. redis://:password@10.0.0.1:6379/0"
+            )
+    else:
+        validate_redis_url(redis_url)
+
+    var_disc = ENV_PREFIX + "DISCOVERY"
+    disc_raw = env.get(var_disc, "static,mdns").strip()
+    discovery = frozenset(s.strip() for s in disc_raw.split(",") if s.strip())
+    if discovery in (frozenset({"none"}),):
+        discovery = frozenset()
+    unknown = discovery - DISCOVERY_SOURCES
+    if unknown:
+        raise ConfigError(
+            f"{var_disc}: unknown source {sorted(unknown)[0]!r}; fix: use a comma list of static, mdns (or none)"
+        )
+
+    namespace = env.get(ENV_PREFIX + "REDIS_NAMESPACE", "").strip() or "mirror_neuron"
+    if not re.match(r"^[A-Za-z0-9_.:-]{1,64}$", namespace):
+        raise ConfigError(
+            f"MIRROR_NEURON_REDIS_NAMESPACE: {namespace!r} has bad characters; fix: use letters, digits, _ . : -"
+        )
+    ttl = _int(env, "LEASE_TTL_MS", 2500, 300, 600_000, " (milliseconds)")
+    renew = _int(env, "RENEW_INTERVAL_MS", max(100, ttl // 5), 50, 600_000, " (milliseconds)")
+    if renew * 2 >= ttl:
+        raise ConfigError(
+            f"MIRROR_NEURON_RENEW_INTERVAL_MS: {renew} is not under half the lease TTL {ttl}; "
+            "fix: renew at most every TTL/3 (default TTL/5)"
+        )
+    tick = _int(env, "LINK_TICK_MS", 400, 50, 60_000, " (milliseconds)")
+    timeout = _int(env, "LINK_TIMEOUT_MS", tick * 4, 100, 600_000, " (milliseconds)")
+    if timeout < 2 * tick:
+        raise ConfigError(
+            f"MIRROR_NEURON_LINK_TIMEOUT_MS: {timeout} is under two ticks ({2 * tick}); "
+            "fix: allow at least 2 missed keepalive ticks"
+        )
+    capacity = _int(env, "EXECUTOR_CAPACITY", os.cpu_count() or 1, 1, 4096)
+    level = env.get(ENV_PREFIX + "LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(
+            f"MIRROR_NEURON_LOG_LEVEL: {level!r} is unknown; fix: use DEBUG, INFO, WARNING or ERROR"
+        )
+    return Config(
+        cookie=cookie,
+        nodes=tuple(sorted(nodes)),
+        me=me,
+        redis_url=redis_url,
+        namespace=namespace,
+        dist_bind=dist_bind,
+        api_bind=api_bind,
+        api_port=api_port,
+        discovery=discovery,
+        lease_ttl_ms=ttl,
+        renew_interval_ms=renew,
+        link_tick_ms=tick,
+        link_timeout_ms=timeout,
+        executor_capacity=capacity,
+        mdns_interface=env.get(ENV_PREFIX + "MDNS_INTERFACE", "").strip(),
+        log_level=level,
+        env_file=env_file,
+        warnings=tuple(warnings),
+    )
+
+
+def _binds_overlap(a: str, b: str) -> bool:
+    wild = {"", "0.0.0.0", "::"}
+    return a in wild or b in wild or a == b
+
+
+def api_token(cookie: bytes) -> str:
+    """The bearer token for state-changing API calls, derived from the cookie."""
+    return hashlib.blake2b(cookie, digest_size=24, person=b"mn-api-token").hexdigest()

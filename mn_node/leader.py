@@ -1,0 +1,145 @@
+"""Leader election on ``{ns}:lease:cluster:leader`` (DESIGN §5).
+
+Every node that is not leader tries to acquire each renew interval, and schedules one extra
+attempt for the moment the current lease expires (from its PTTL), so a crashed leader is
+replaced within TTL + a few ms. On graceful stop the leader releases and tells its peers over
+the links; they try at once, so handover takes one round trip instead of a TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mn_node.errors import FencedWriteRefused, LeaseLost, RedisUnavailable
+from mn_node.leases import Holder, Lease, LeaseManager
+from mn_node.link.manager import LinkManager
+from mn_node.store import Store
+
+log = logging.getLogger("mn_node.leader")
+
+LEASE = "cluster:leader"
+MAILBOX = "leader"
+
+
+class LeaderElection:
+    def __init__(self, store: Store, leases: LeaseManager, links: LinkManager, node: str) -> None:
+        self.store = store
+        self.leases = leases
+        self.links = links
+        self.node = node
+        self.lease: Lease | None = None
+        self.known: Holder | None = None
+        self.changes = 0
+        self._wake = asyncio.Event()
+        self._became: list[Callable[[Lease], None]] = []
+        self._lost: list[Callable[[Lease], None]] = []
+        self._beat_seq = 0
+        links.register(MAILBOX, self._on_message)
+        leases.on_lost(self._on_lease_lost)
+
+    def on_elected(self, cb: Callable[[Lease], None]) -> None:
+        self._became.append(cb)
+
+    def on_deposed(self, cb: Callable[[Lease], None]) -> None:
+        self._lost.append(cb)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lease is not None and self.lease.valid()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _on_message(self, frm: str, msg: Any) -> None:
+        if isinstance(msg, dict) and msg.get("type") == "released":
+            log.info("%s released leadership; contending now", frm)
+            self.known = None
+            self._wake.set()
+
+    def _on_lease_lost(self, lease: Lease) -> None:
+        if lease is self.lease:
+            self.lease = None
+            log.warning("stepped down as leader (epoch %d): %s", lease.epoch, lease.lost_reason)
+            for cb in self._lost:
+                cb(lease)
+            self._wake.set()
+
+    async def run(self) -> None:
+        interval = self.leases.renew_ms / 1000
+        while True:
+            delay = interval
+            if self.lease is None:
+                delay = await self._contend(interval)
+            else:
+                await self._beat()
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def _contend(self, interval: float) -> float:
+        try:
+            res = await self.leases.acquire(LEASE, event="leader_elected")
+        except RedisUnavailable:
+            self.known = None
+            return interval
+        if isinstance(res, Lease):
+            self.lease = res
+            self.known = None
+            self.changes += 1
+            log.info("elected leader, epoch %d", res.epoch)
+            self.links.broadcast(MAILBOX, {"type": "elected", "epoch": res.epoch})
+            for cb in self._became:
+                cb(res)
+            await self._beat()
+            return interval
+        self.known = res
+        # try again the moment the holder's lease would expire (a crash), or at the next tick
+        if res.pttl_ms >= 0:
+            return min(interval, res.pttl_ms / 1000 + 0.002)
+        return interval
+
+    async def _beat(self) -> None:
+        """The leader's fenced heartbeat: proof that only the current epoch writes."""
+        lease = self.lease
+        if lease is None or not lease.valid():
+            return
+        self._beat_seq += 1
+        try:
+            await self.leases.fenced_hset(lease, self.store.key("leader", "beat"), {
+                "node": self.node, "epoch": lease.epoch, "seq": self._beat_seq,
+                "at_ms": int(time.time() * 1000),
+            })
+        except (FencedWriteRefused, LeaseLost, RedisUnavailable) as e:
+            log.info("leader heartbeat not written: %s", e)
+
+    async def step_down(self) -> None:
+        """Graceful: release the lease and tell peers so one of them takes over at once."""
+        lease = self.lease
+        self.lease = None
+        if lease is None:
+            return
+        released = await self.leases.release(lease, event="leader_released", data='{"reason":"shutdown"}')
+        if released:
+            self.links.broadcast(MAILBOX, {"type": "released", "epoch": lease.epoch})
+            for conn in list(self.links.links.values()):
+                conn.flush()
+        log.info("released leadership (epoch %d)%s", lease.epoch, "" if released else " (unconfirmed)")
+
+    async def current(self) -> dict[str, Any] | None:
+        """The leader as Redis has it now: node, epoch, ttl_ms, token."""
+        key = self.leases.lease_key(LEASE)
+        pipe = self.store.r.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        token, pttl = await self.store.guard(pipe.execute())
+        if not token:
+            return None
+        h = Holder(str(token), int(pttl))
+        return {"node": h.node, "epoch": h.epoch, "ttl_ms": h.pttl_ms,
+                "incarnation": str(token).split("|")[1] if str(token).count("|") == 2 else ""}

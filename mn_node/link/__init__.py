@@ -1,0 +1,6 @@
+"""Encrypted, cookie-authenticated links between nodes (DESIGN §3)."""
+
+from mn_node.link.crypto import PROTOCOL_VERSION, Identity
+from mn_node.link.manager import COOKIE_MISMATCH, LinkManager
+
+__all__ = ["COOKIE_MISMATCH", "PROTOCOL_VERSION", "Identity", "LinkManager"]

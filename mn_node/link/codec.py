@@ -1,0 +1,54 @@
+"""Length-prefixed frames with a hard maximum, decoded without trusting the prefix."""
+
+from __future__ import annotations
+
+import struct
+
+from mn_node.errors import ProtocolError
+
+HEADER = struct.Struct(">I")
+MAX_FRAME = 4 * 1024 * 1024
+"""Largest frame body (ciphertext) accepted on an established link."""
+MAX_HANDSHAKE_FRAME = 1024
+"""Largest frame accepted before the peer has authenticated."""
+
+
+def encode_frame(body: bytes) -> bytes:
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes exceeds the {MAX_FRAME}-byte maximum")
+    return HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Incremental decoder. ``feed`` returns complete frames; it never allocates a body
+    before its bytes have arrived, so a huge length prefix costs nothing but a refusal."""
+
+    __slots__ = ("_buf", "limit")
+
+    def __init__(self, limit: int = MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self.limit = limit
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        frames: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (size,) = HEADER.unpack_from(buf, pos)
+            if size > self.limit:
+                raise ProtocolError(f"frame length {size} exceeds the {self.limit}-byte maximum")
+            if size == 0:
+                raise ProtocolError("empty frame")
+            if end - pos - 4 < size:
+                break
+            frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+        if pos:
+            del buf[:pos]
+        return frames

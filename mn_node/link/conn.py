@@ -1,0 +1,300 @@
+"""One TCP connection: handshake, then encrypted, coalesced message frames."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from mn_node.errors import AuthError, LinkError, ProtocolError, VersionError
+from mn_node.link import crypto
+from mn_node.link.codec import HEADER, MAX_FRAME, MAX_HANDSHAKE_FRAME, FrameDecoder
+
+if TYPE_CHECKING:
+    from mn_node.link.manager import LinkManager
+
+log = logging.getLogger("mn_node.link")
+
+# message kinds inside encrypted frames
+TICK, TOCK, SEND, CALL, REPLY, LEAVE = range(6)
+MAX_PLAINTEXT = MAX_FRAME - 64
+FLUSH_BYTES = 256 * 1024
+"""Flush at once (instead of at the end of this loop iteration) past this many queued bytes."""
+WRITE_BUFFER_LIMIT = 64 * 1024 * 1024
+"""A peer that lets this much pile up unread is too slow: its link is dropped."""
+
+
+class Conn(asyncio.Protocol):
+    """A link in the making or established. The manager owns the registry of links."""
+
+    def __init__(self, manager: LinkManager, outbound: bool, expected: str | None = None) -> None:
+        self.m = manager
+        self.outbound = outbound
+        self.expected = expected
+        self.transport: asyncio.Transport | None = None
+        self.peername: tuple[str, int] = ("?", 0)
+        self.decoder = FrameDecoder(MAX_HANDSHAKE_FRAME)
+        self.state = "new"
+        self._initiator: crypto.Initiator | None = None
+        self._responder: crypto.Responder | None = None
+        self.session: crypto.Session | None = None
+        self.ready: asyncio.Future[Conn] = manager.loop.create_future()
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self.error: LinkError | None = None
+        self._hs_timer: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []
+        self._out_n = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.last_rx = time.monotonic()
+        self.rtt_ms: float | None = None
+        self.established_wall = 0.0
+        self.msgs_in = self.msgs_out = self.bytes_in = self.bytes_out = 0
+        self.left = False
+
+    # ---- identity -------------------------------------------------------------------
+    @property
+    def peer(self) -> str:
+        return self.session.peer_node if self.session else (self.expected or "")
+
+    @property
+    def peer_inc(self) -> str:
+        return self.session.peer_incarnation if self.session else ""
+
+    @property
+    def dialer(self) -> str:
+        return self.m.ident.node if self.outbound else self.peer
+
+    def describe(self) -> str:
+        who = self.peer or (self._responder.peer_hint if self._responder else "")
+        host, port = self.peername
+        return f"{who} ({host}:{port})" if who else f"{host}:{port}"
+
+    # ---- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peername = (str(peer[0]), int(peer[1]))
+        transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+        self._hs_timer = self.m.loop.call_later(self.m.handshake_timeout, self._hs_timeout)
+        if self.outbound:
+            self._initiator = crypto.Initiator(self.m.ident)
+            self._write_plain(self._initiator.hello())
+            self.state = "await_welcome"
+        else:
+            self._responder = crypto.Responder(self.m.ident)
+            self.state = "await_hello"
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == "closed":
+            return
+        try:
+            frames = self.decoder.feed(data)
+            for frame in frames:
+                if self.state == "up":
+                    self._on_frame(frame)
+                else:
+                    self._on_handshake(frame)
+                if self.state == "closed":
+                    return
+        except LinkError as e:
+            self._fail(e)
+        if self.state == "up":
+            self.last_rx = time.monotonic()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = self.close_reason or (f"connection lost: {exc}" if exc else "closed by peer")
+        self._finish_close(reason)
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    # ---- handshake ------------------------------------------------------------------
+    def _write_plain(self, body: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(HEADER.pack(len(body)) + body)
+
+    def _on_handshake(self, frame: bytes) -> None:
+        if self.state == "await_hello":
+            assert self._responder is not None
+            if not self.m.admit(self.peername[0]):
+                self.close("handshake rate limit exceeded", quiet=True)
+                return
+            try:
+                reply = self._responder.on_hello(frame)
+            except VersionError as e:
+                self._write_plain(crypto.version_message())
+                raise e from None
+            except AuthError:
+                self._write_plain(crypto.auth_failed_message(self.m.ident))
+                raise
+            self._write_plain(reply)
+            self.state = "await_finish"
+        elif self.state == "await_finish":
+            assert self._responder is not None
+            try:
+                session = self._responder.on_finish(frame)
+            except AuthError:
+                self._write_plain(crypto.auth_failed_message(self.m.ident))
+                raise
+            self._established(session)
+        elif self.state == "await_welcome":
+            assert self._initiator is not None
+            try:
+                finish, session = self._initiator.on_welcome(frame)
+            except AuthError as e:
+                if "refused" not in str(e):
+                    self._write_plain(crypto.auth_failed_message(self.m.ident))
+                raise
+            self._write_plain(finish)
+            self._established(session)
+        else:
+            raise ProtocolError(f"unexpected frame in state {self.state}")
+
+    def _established(self, session: crypto.Session) -> None:
+        self.session = session
+        self.state = "up"
+        self.decoder.limit = MAX_FRAME
+        self.established_wall = time.time()
+        self.last_rx = time.monotonic()
+        if self._hs_timer:
+            self._hs_timer.cancel()
+            self._hs_timer = None
+        self.m.on_established(self)
+        if self.state == "up" and not self.ready.done():
+            self.ready.set_result(self)
+
+    def _hs_timeout(self) -> None:
+        if self.state != "up":
+            self._fail(LinkError(f"handshake not completed within {self.m.handshake_timeout:g}s"))
+
+    # ---- established traffic --------------------------------------------------------
+    def _on_frame(self, frame: bytes) -> None:
+        assert self.session is not None
+        plain = self.session.recv.decrypt(frame)
+        self.bytes_in += len(frame) + 4
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
+                                    max_buffer_size=MAX_FRAME)
+        unpacker.feed(plain)
+        try:
+            for msg in unpacker:
+                self.msgs_in += 1
+                self.m.dispatch(self, msg)
+        except LinkError:
+            raise
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
+            raise ProtocolError(f"malformed message ({type(e).__name__})") from None
+        if unpacker.tell() != len(plain):
+            raise ProtocolError("truncated message inside a frame")
+
+    def enqueue(self, packed: bytes) -> None:
+        if self.state != "up":
+            raise LinkError(f"link to {self.peer} is not up")
+        if len(packed) > MAX_PLAINTEXT:
+            raise ProtocolError(f"message of {len(packed)} bytes exceeds the {MAX_PLAINTEXT}-byte maximum")
+        self._out.append(packed)
+        self._out_n += len(packed)
+        self.msgs_out += 1
+        if self._out_n >= FLUSH_BYTES:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.m.loop.call_soon(self.flush)
+
+    def flush(self, final: bool = False) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self.transport is None or self.session is None or self.transport.is_closing():
+            self._out.clear()
+            self._out_n = 0
+            return
+        out, self._out, self._out_n = self._out, [], 0
+        chunks: list[bytes] = []
+        size = 0
+        send = self.session.send
+        write = self.transport.write
+        for i, b in enumerate(out):
+            if size + len(b) > MAX_PLAINTEXT and chunks:
+                ct = send.encrypt(b"".join(chunks))
+                write(HEADER.pack(len(ct)) + ct)
+                self.bytes_out += len(ct) + 4
+                chunks, size = [], 0
+            chunks.append(b)
+            size += len(b)
+            if i == len(out) - 1:
+                ct = send.encrypt(b"".join(chunks), final=final)
+                write(HEADER.pack(len(ct)) + ct)
+                self.bytes_out += len(ct) + 4
+        if self.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+            self._fail(LinkError(f"peer reads too slowly ({WRITE_BUFFER_LIMIT} bytes unsent)"))
+
+    async def drain(self) -> None:
+        """Wait until the transport's buffer is below its high-water mark."""
+        if self._flush_handle is not None:
+            self.flush()
+        await self._can_write.wait()
+
+    # ---- closing --------------------------------------------------------------------
+    def _fail(self, err: LinkError) -> None:
+        self.error = err
+        self.m.on_conn_error(self, err)
+        self.close(str(err))
+
+    def close(self, reason: str, quiet: bool = False) -> None:
+        if self.state == "closed":
+            return
+        if not self.close_reason:
+            self.close_reason = reason
+        if self.state == "up" and not quiet:
+            self.flush()
+        if self.transport is not None:
+            self.transport.close()
+        self._finish_close(reason)
+
+    def abort(self, reason: str) -> None:
+        self.close_reason = self.close_reason or reason
+        if self.transport is not None:
+            self.transport.abort()
+        self._finish_close(reason)
+
+    def _finish_close(self, reason: str) -> None:
+        if self.state == "closed":
+            return
+        was_up = self.state == "up"
+        self.state = "closed"
+        if self._hs_timer:
+            self._hs_timer.cancel()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self.ready.done():
+            self.ready.set_exception(self.error or LinkError(reason))
+            self.ready.exception()  # mark retrieved: the dialler may be gone
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(LinkError(f"link to {self.peer} lost: {reason}"))
+        self.pending.clear()
+        self.closed.set()
+        self.m.on_closed(self, reason, was_up)
+
+
+ConnFactory = Callable[[], Conn]
