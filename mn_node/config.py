@@ -90,18 +90,18 @@ def _parse_port(value: str, var: str, shown: str | None = None) -> int:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe for logs and errors)."""
+    """The URL with any password replaced by ``***`` (safe for logs and errors).
+
+    Works on the raw netloc, so it never raises, even on a URL with a bad port."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None and "@" not in parts.netloc:
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
+    user = userinfo.split(":", 1)[0]
+    netloc = f"{user}:***@{hostport}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -136,7 +136,9 @@ def parse_env_file(path: Path) -> dict[str, str]:
     except FileNotFoundError:
         raise ConfigError(f"--env-file: {path} does not exist; fix: create it or pass another path") from None
     except PermissionError:
-        raise ConfigError(f"--env-file: {path} is not readable by this user; fix: run as root or the service user") from None
+        raise ConfigError(
+            f"--env-file: {path} is not readable by this user; fix: run as root or the service user"
+        ) from None
     out: dict[str, str] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
