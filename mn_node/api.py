@@ -14,6 +14,7 @@ from aiohttp import web
 from mn_node import __version__
 from mn_node.config import api_token
 from mn_node.errors import MirrorNeuronError, RedisUnavailable
+from mn_node.store import decode_event
 
 if TYPE_CHECKING:
     from mn_node.daemon import Node
@@ -113,24 +114,6 @@ async def cluster_events(request: web.Request) -> web.Response:
     raw = await node.store.guard(node.store.r.xrevrange(node.store.key("events"), count=count))
     events = [decode_event(eid, fields) for eid, fields in reversed(raw)]
     return json_response({"events": events})
-
-
-def decode_event(eid: str, fields: dict[str, str]) -> dict[str, Any]:
-    """A stream entry as API JSON: id, ts_ms, type, node, epoch, data."""
-    try:
-        data = json.loads(fields.get("data") or "{}")
-    except ValueError:
-        data = {"raw": fields.get("data")}
-    epoch = fields.get("epoch") or ""
-    return {
-        "id": eid,
-        "ts_ms": int(eid.split("-", 1)[0]),
-        "type": fields.get("type", ""),
-        "node": fields.get("node", ""),
-        "epoch": int(epoch) if epoch.isdigit() else None,
-        "data": data,
-        **{k: v for k, v in fields.items() if k not in ("type", "node", "epoch", "data")},
-    }
 
 
 async def metrics(request: web.Request) -> web.Response:

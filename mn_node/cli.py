@@ -63,20 +63,22 @@ def _token(args: argparse.Namespace) -> str | None:
 
 class Api:
     def __init__(self, base: str, token: str | None, timeout: float = 5.0) -> None:
+        if not base.startswith(("http://", "https://")):
+            raise CliError(f"--api {base!r} is not an http(s) URL; fix: pass --api http://HOST:4000", EX_USAGE)
         self.base = base.rstrip("/")
         self.token = token
         self.timeout = timeout
 
     def request(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310 (scheme checked)
         req.add_header("Accept", "application/json")
         if data is not None:
             req.add_header("Content-Type", "application/json")
         if self.token and method != "GET":
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:  # noqa: S310
                 return json.loads(r.read() or b"null")
         except urllib.error.HTTPError as e:
             try:
@@ -86,7 +88,8 @@ class Api:
             reason = payload.get("error") or e.reason
             fix = payload.get("fix")
             msg = f"{method} {path}: {e.code} {reason}" + (f"; fix: {fix}" if fix else "")
-            code = {400: EX_DATAERR, 401: EX_USAGE, 404: EX_UNAVAILABLE, 503: EX_UNAVAILABLE}.get(e.code, EX_UNAVAILABLE)
+            codes = {400: EX_DATAERR, 401: EX_USAGE, 404: EX_UNAVAILABLE, 503: EX_UNAVAILABLE}
+            code = codes.get(e.code, EX_UNAVAILABLE)
             raise CliError(msg, code) from None
         except urllib.error.URLError as e:
             raise CliError(

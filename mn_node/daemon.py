@@ -21,12 +21,15 @@ from mn_node import __version__
 from mn_node.api import build_app
 from mn_node.config import Config, load_config
 from mn_node.discovery import MdnsDiscovery, StaticDiscovery
-from mn_node.errors import EX_CONFIG, EX_UNAVAILABLE, EX_USAGE, MirrorNeuronError, UnavailableError
+from mn_node.errors import EX_CONFIG, EX_USAGE, MirrorNeuronError, UnavailableError
+from mn_node.jobs.api import add_routes as add_job_routes
+from mn_node.jobs.runtime import JobRuntime
 from mn_node.leader import LeaderElection
 from mn_node.leases import LeaseManager
 from mn_node.link import Identity, LinkManager
 from mn_node.logs import setup_logging
 from mn_node.membership import Member, Membership
+from mn_node.placement import Placement
 from mn_node.ports import describe_holder
 from mn_node.registration import Registration, read_all
 from mn_node.sdnotify import Notifier
@@ -68,6 +71,10 @@ class Node:
         self.registration = Registration(
             self.store, cfg, self.incarnation, self.started_ms, max(5000, 4 * cfg.lease_ttl_ms)
         )
+        self.jobs = JobRuntime(cfg.name, self.store, self.leases, self.links, self.members,
+                               cfg.executor_capacity, cfg.renew_interval_ms / 1000)
+        self.placement = Placement(cfg.name, self.store, self.leases, self.links, self.members,
+                                   self.election, self.jobs)
         self.members.on_nodedown(self._on_nodedown)
 
         # 1. ports first, so a conflict is reported before anything else happens
@@ -97,8 +104,10 @@ class Node:
             except OSError as e:
                 log.warning("mDNS unavailable on %s: %s (static discovery continues)", cfg.bind_host, e)
                 self.mdns = None
+        self.jobs.start()
         self._spawn(self.leases.run(), "leases")
         self._spawn(self.election.run(), "election")
+        self._spawn(self.placement.run(), "placement")
         self._spawn(self._housekeeping(), "housekeeping")
         if self.notifier.watchdog_interval:
             self._spawn(self._watchdog(), "watchdog")
@@ -118,7 +127,7 @@ class Node:
             raise _bind_error("MIRROR_NEURON_API_PORT", self.cfg.api_bind, self.cfg.api_port, e) from None
 
     def _extra_routes(self, app: web.Application) -> None:
-        """Hook for higher layers (jobs) to add their routes."""
+        add_job_routes(app)
 
     async def _close_api(self) -> None:
         if self.runner is not None:
@@ -142,6 +151,7 @@ class Node:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.jobs.stop()
         await self.links.stop("shutdown")
         if self.mdns is not None:
             with contextlib.suppress(Exception):
@@ -152,7 +162,13 @@ class Node:
 
     async def _graceful(self) -> None:
         await self.election.step_down()
+        coordinated = sorted(self.jobs.coordinators)
         await self.leases.release_all()
+        if coordinated:
+            # successors take over now instead of after a TTL
+            self.placement.kick_all()
+            for conn in list(self.links.links.values()):
+                conn.flush()
         if self.store.available:
             await self.store.event("node_left", self.cfg.name, incarnation=self.incarnation, reason="shutdown")
             await self.registration.remove()
@@ -211,7 +227,11 @@ class Node:
             la = os.getloadavg()[0]
         except OSError:
             la = 0.0
-        return {"loadavg1": round(la, 2), "links": len(self.links.links) if hasattr(self, "links") else 0}
+        out: dict[str, Any] = {"loadavg1": round(la, 2)}
+        if hasattr(self, "jobs"):
+            out["executors_busy"] = self.jobs.executor.busy
+            out["coordinating"] = len(self.jobs.coordinators)
+        return out
 
     def health_reasons(self) -> list[str]:
         reasons = []
@@ -262,6 +282,8 @@ class Node:
                       "error": self.store.last_error or None},
             "config_fingerprint": self.cfg.fingerprint(),
             "executor_capacity": self.cfg.executor_capacity,
+            "executors_busy": self.jobs.executor.busy,
+            "coordinating": sorted(self.jobs.coordinators),
         }
 
     def metrics_text(self) -> str:
@@ -297,6 +319,13 @@ class Node:
             "# TYPE mn_link_bytes_total counter",
             f'mn_link_bytes_total{{direction="in"}} {st["bytes_in"]}',
             f'mn_link_bytes_total{{direction="out"}} {st["bytes_out"]}',
+            "# TYPE mn_executor_runs_total counter",
+            f'mn_executor_runs_total{{result="stored"}} {self.jobs.executor.completed}',
+            f'mn_executor_runs_total{{result="refused"}} {self.jobs.executor.refused}',
+            "# TYPE mn_jobs_coordinating gauge",
+            f"mn_jobs_coordinating {len(self.jobs.coordinators)}",
+            "# TYPE mn_orphan_sweeps_total counter",
+            f"mn_orphan_sweeps_total {self.placement.sweeps}",
             "# TYPE mn_link_auth_failures_total counter",
             f"mn_link_auth_failures_total {st['auth_failures']}",
         ]

@@ -23,7 +23,7 @@ log = logging.getLogger("mn_node.registration")
 def host_identity() -> dict[str, str]:
     """What makes two registrations "the same host" for pid checks: kernel boot + pid namespace."""
     try:
-        boot = open("/proc/sys/kernel/random/boot_id").read().strip()  # noqa: SIM115
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
     except OSError:
         boot = ""
     try:

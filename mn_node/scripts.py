@@ -125,6 +125,101 @@ end
 return 0
 """
 
+# ---- jobs --------------------------------------------------------------------------------
+# Job hash fields: status, spec, owner, epoch, agents_total, agents_done, node:<name> (executor
+# runs completed per node), result, error, submitted_ms, updated_ms, _fence.
+# Agent states live in {ns}:job:<id>:agents as JSON {status, attempt, node, output, error}.
+
+# Coordinator write, fenced. KEYS: lease, job hash, agents hash, job events stream, active set
+# ARGV: token, epoch, job fields json (object), agent states json (object id -> state json),
+#       events json (list of [type, data json]), node, terminal ('1' removes from active set)
+JOB_WRITE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('FENCED token not current')
+end
+local epoch = tonumber(ARGV[2])
+local fence = tonumber(redis.call('HGET', KEYS[2], '_fence') or '0')
+if epoch < fence then
+  return redis.error_reply('FENCED epoch ' .. epoch .. ' below ' .. fence)
+end
+local status = redis.call('HGET', KEYS[2], 'status')
+if status == 'completed' or status == 'failed' or status == 'cancelled' then
+  return redis.error_reply('FENCED job is already ' .. status)
+end
+redis.call('HSET', KEYS[2], '_fence', epoch, 'owner', ARGV[6], 'epoch', epoch)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[2], 'updated_ms', now)
+for k, v in pairs(cjson.decode(ARGV[3])) do
+  redis.call('HSET', KEYS[2], k, tostring(v))
+end
+local done = 0
+for id, st in pairs(cjson.decode(ARGV[4])) do
+  local old = redis.call('HGET', KEYS[3], id)
+  if old and cjson.decode(old)['status'] == 'completed' then
+    return redis.error_reply('FENCED agent ' .. id .. ' already completed')
+  end
+  if cjson.decode(st)['status'] == 'completed' then done = done + 1 end
+  redis.call('HSET', KEYS[3], id, st)
+end
+if done > 0 then redis.call('HINCRBY', KEYS[2], 'agents_done', done) end
+for _, ev in ipairs(cjson.decode(ARGV[5])) do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 'type', ev[1], 'node', ARGV[6],
+    'epoch', epoch, 'data', ev[2])
+end
+if ARGV[7] == '1' then redis.call('SREM', KEYS[5], string.match(KEYS[2], ':job:(.*)$')) end
+return 1
+"""
+
+# An executor's result, written by the node that ran it before anyone is told, and only if
+# its attempt is still the current one and the job is still running.
+# KEYS: job hash, agents hash, runs hash ; ARGV: agent id, attempt, node, output json,
+#       'completed' | 'failed', error text
+STORE_RESULT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then
+  return {0, 'job is ' .. tostring(status)}
+end
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return {0, 'unknown agent'} end
+local st = cjson.decode(raw)
+if st['status'] ~= 'dispatched' or tonumber(st['attempt']) ~= tonumber(ARGV[2]) then
+  return {0, 'attempt ' .. ARGV[2] .. ' is not current (agent is ' .. tostring(st['status']) ..
+    ' attempt ' .. tostring(st['attempt']) .. ')'}
+end
+local t = redis.call('TIME')
+st['finished_ms'] = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+st['node'] = ARGV[3]
+if ARGV[5] == 'completed' then
+  st['status'] = 'completed'
+  st['output'] = ARGV[4]
+  redis.call('HINCRBY', KEYS[1], 'agents_done', 1)
+  redis.call('HINCRBY', KEYS[1], 'node:' .. ARGV[3], 1)
+else
+  st['status'] = 'failed'
+  st['error'] = ARGV[6]
+end
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(st))
+redis.call('HSET', KEYS[1], 'updated_ms', st['finished_ms'])
+return {1, st['status']}
+"""
+
+# KEYS: job hash, job events stream, active set ; ARGV: job id, node, reason
+CANCEL_JOB = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, 'unknown'} end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then
+  return {0, status}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated_ms', now, 'error', ARGV[3])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'type', 'job_cancelled', 'node', ARGV[2],
+  'epoch', '', 'data', cjson.encode({reason = ARGV[3], previous = status}))
+return {1, status}
+"""
+
 ALL = {
     "acquire": ACQUIRE,
     "renew_all": RENEW_ALL,
@@ -133,4 +228,7 @@ ALL = {
     "fenced_xadd": FENCED_XADD,
     "register": REGISTER,
     "unregister": UNREGISTER,
+    "job_write": JOB_WRITE,
+    "store_result": STORE_RESULT,
+    "cancel_job": CANCEL_JOB,
 }

@@ -75,7 +75,7 @@ class Store:
                         cb(new, old)
             else:
                 await self.r.ping()
-        except (RedisError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, RedisError, OSError) as e:
             self.mark_error(e)
             return False
         if not self.available:
@@ -93,7 +93,7 @@ class Store:
             if str(e).startswith("FENCED"):
                 raise FencedWriteRefused(str(e)) from None
             raise RedisUnavailable(f"redis refused {name}: {e}") from None
-        except (RedisError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, RedisError, OSError) as e:
             self.mark_error(e)
             raise RedisUnavailable(f"redis unreachable: {_describe(e)}") from None
         self.available = True
@@ -103,7 +103,7 @@ class Store:
         """Await a plain redis-py call, mapping connection errors to RedisUnavailable."""
         try:
             res = await coro
-        except (RedisError, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, RedisError, OSError) as e:
             self.mark_error(e)
             raise RedisUnavailable(f"redis unreachable: {_describe(e)}") from None
         self.available = True
@@ -136,3 +136,21 @@ def _describe(err: BaseException) -> str:
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def decode_event(eid: str, fields: dict[str, str]) -> dict[str, Any]:
+    """A stream entry as API JSON: id, ts_ms, type, node, epoch, data."""
+    try:
+        data = json.loads(fields.get("data") or "{}")
+    except ValueError:
+        data = {"raw": fields.get("data")}
+    epoch = fields.get("epoch") or ""
+    return {
+        "id": eid,
+        "ts_ms": int(eid.split("-", 1)[0]),
+        "type": fields.get("type", ""),
+        "node": fields.get("node", ""),
+        "epoch": int(epoch) if epoch.isdigit() else None,
+        "data": data,
+        **{k: v for k, v in fields.items() if k not in ("type", "node", "epoch", "data")},
+    }

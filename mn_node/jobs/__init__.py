@@ -1,0 +1,1 @@
+"""Jobs: manifests, blueprints, executor tasks, coordinators (DESIGN §6)."""

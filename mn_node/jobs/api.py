@@ -1,0 +1,168 @@
+"""Job routes of the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from mn_node.api import NODE_KEY, error, json_response
+from mn_node.errors import DataError
+from mn_node.jobs import blueprints, tasks
+from mn_node.jobs.manifest import validate
+from mn_node.jobs.state import (
+    TERMINAL,
+    JobKeys,
+    agent_states,
+    create_job,
+    get_job,
+    job_events,
+    job_view,
+    list_jobs,
+)
+from mn_node.leases import Holder
+
+if TYPE_CHECKING:
+    from mn_node.daemon import Node
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+
+
+def _node(request: web.Request) -> Node:
+    return request.app[NODE_KEY]
+
+
+def _need_redis(node: Node) -> web.Response | None:
+    if not node.store.available:
+        return error(503, f"this node cannot reach Redis: {node.store.last_error}",
+                     "submit through a node that reaches Redis, or fix Redis (mn doctor)")
+    return None
+
+
+async def submit(request: web.Request) -> web.Response:
+    node = _node(request)
+    try:
+        body = await request.json(loads=json.loads)
+    except ValueError:
+        return error(400, "body is not valid JSON", 'send {"blueprint": "prime_sweep_scale", "params": {...}} '
+                     'or {"manifest": {...}}')
+    if not isinstance(body, dict):
+        return error(400, "body is not a JSON object", 'send {"blueprint": ..., "params": ...} or {"manifest": ...}')
+    try:
+        if "blueprint" in body:
+            if not isinstance(body["blueprint"], str):
+                raise DataError("blueprint: is not a string; fix: name a blueprint, e.g. prime_sweep_scale")
+            raw = blueprints.generate(body["blueprint"], body.get("params", {}))
+        elif "manifest" in body:
+            raw = body["manifest"]
+        else:
+            raise DataError('body: neither "blueprint" nor "manifest" given; fix: send one of them')
+        manifest = validate(raw, set(tasks.available()))
+    except DataError as e:
+        return error(400, str(e))
+    unavailable = _need_redis(node)
+    if unavailable is not None:
+        return unavailable
+    job_id = await create_job(node.store, manifest, node.cfg.name,
+                              {k: v for k, v in body.items() if k != "manifest"})
+    node.placement.kick_all()
+    h = await get_job(node.store, job_id)
+    return json_response(job_view(h), 201)
+
+
+async def jobs(request: web.Request) -> web.Response:
+    node = _node(request)
+    try:
+        limit = min(1000, max(1, int(request.query.get("limit", "50"))))
+    except ValueError:
+        return error(400, "limit must be an integer", "use ?limit=1..1000")
+    return json_response({"jobs": await list_jobs(node.store, limit, request.query.get("status"))})
+
+
+async def _job_or_404(request: web.Request) -> tuple[str, dict[str, str]] | web.Response:
+    job_id = request.match_info["job_id"]
+    if not _JOB_ID.match(job_id):
+        return error(404, f"no job {job_id[:80]!r}", "list jobs with `mn jobs`")
+    h = await get_job(_node(request).store, job_id)
+    if not h:
+        return error(404, f"no job {job_id!r}", "list jobs with `mn jobs`")
+    return job_id, h
+
+
+async def job(request: web.Request) -> web.Response:
+    found = await _job_or_404(request)
+    if isinstance(found, web.Response):
+        return found
+    job_id, h = found
+    node = _node(request)
+    view = job_view(h, with_spec=request.query.get("manifest") == "1")
+    states = await agent_states(node.store, job_id)
+    counts: dict[str, int] = {}
+    for st in states.values():
+        counts[st.status] = counts.get(st.status, 0) + 1
+    view["agents"] = counts
+    if request.query.get("agents") == "1":
+        runs = await node.store.guard(node.store.r.hgetall(JobKeys(node.store, job_id).runs))
+        view["agent_states"] = {aid: {"status": st.status, "attempt": st.attempt, "node": st.node,
+                                      "runs": int(runs.get(aid, 0)), "error": st.error or None}
+                                for aid, st in sorted(states.items())}
+    token = await node.store.guard(node.store.r.get(node.store.key("lease", f"job:{job_id}")))
+    view["lease"] = {"node": Holder(token, 0).node, "epoch": Holder(token, 0).epoch} if token else None
+    return json_response(view)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    found = await _job_or_404(request)
+    if isinstance(found, web.Response):
+        return found
+    job_id, h = found
+    node = _node(request)
+    after = request.query.get("after", "-")
+    if request.query.get("follow") not in ("1", "true"):
+        return json_response({"events": await job_events(node.store, job_id, after)})
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    status = h.get("status")
+    while True:
+        batch = await job_events(node.store, job_id, after)
+        for ev in batch:
+            await resp.write((json.dumps(ev) + "\n").encode())
+            after = ev["id"]
+        if status in TERMINAL and not batch:
+            break
+        status = (await get_job(node.store, job_id)).get("status")
+        if not batch:
+            await asyncio.sleep(0.25)
+    await resp.write_eof()
+    return resp
+
+
+async def cancel(request: web.Request) -> web.Response:
+    found = await _job_or_404(request)
+    if isinstance(found, web.Response):
+        return found
+    job_id, _ = found
+    node = _node(request)
+    unavailable = _need_redis(node)
+    if unavailable is not None:
+        return unavailable
+    k = JobKeys(node.store, job_id)
+    res = await node.store.call("cancel_job", [k.job, k.events, node.store.key("jobs", "active")],
+                                [job_id, node.cfg.name, f"cancelled via API on {node.cfg.name}"])
+    if int(res[0]) != 1:
+        return error(409, f"job {job_id} is already {res[1]}", "only pending or running jobs can be cancelled")
+    token = await node.store.guard(node.store.r.get(node.store.key("lease", f"job:{job_id}")))
+    if token:
+        node.jobs.tell_owner_cancel(Holder(token, 0).node, job_id)
+    return json_response({"job_id": job_id, "status": "cancelled", "previous": res[1]})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/jobs", submit)
+    app.router.add_get("/api/v1/jobs", jobs)
+    app.router.add_get("/api/v1/jobs/{job_id}", job)
+    app.router.add_get("/api/v1/jobs/{job_id}/events", events)
+    app.router.add_post("/api/v1/jobs/{job_id}/cancel", cancel)

@@ -1,0 +1,202 @@
+"""Job commands of ``mn``: submit, jobs, job, events, cancel."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mn_node.errors import EX_DATAERR, EX_UNAVAILABLE, MirrorNeuronError
+from mn_node.jobs.manifest import parse_text
+
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+def register(sub: Any) -> None:
+    s = sub.add_parser("submit", help="submit a job: a blueprint (prime_sweep_scale) or -f manifest.yaml")
+    s.add_argument("blueprint", nargs="?", help="blueprint name, e.g. prime_sweep_scale")
+    s.add_argument("-f", "--file", help="a manifest file (JSON or YAML) instead of a blueprint")
+    s.add_argument("--workers", type=int)
+    s.add_argument("--start", type=int)
+    s.add_argument("--chunk-size", type=int)
+    s.add_argument("--end", type=int)
+    s.add_argument("--wait", action="store_true", help="wait until the job ends; exit 0 only if it completed")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=cmd_submit)
+    s = sub.add_parser("jobs", help="recent jobs")
+    s.add_argument("--status", choices=["pending", "running", "completed", "failed", "cancelled"])
+    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=cmd_jobs)
+    s = sub.add_parser("job", help="one job, with a live progress bar until it ends")
+    s.add_argument("job_id")
+    s.add_argument("--no-follow", action="store_true", help="print once and exit")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=cmd_job)
+    s = sub.add_parser("events", help="a job's events (--follow to tail them live)")
+    s.add_argument("job_id")
+    s.add_argument("--follow", "-f", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=cmd_events)
+    s = sub.add_parser("cancel", help="cancel a pending or running job")
+    s.add_argument("job_id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(handler=cmd_cancel)
+
+
+def _fail(msg: str, code: int) -> MirrorNeuronError:
+    from mn_node.cli import CliError
+
+    return CliError(msg, code)
+
+
+def cmd_submit(api: Any, args: argparse.Namespace) -> int:
+    if args.file:
+        if args.blueprint:
+            raise _fail("give a blueprint or -f FILE, not both; fix: drop one", 64)
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise _fail(f"cannot read {args.file}: {e.strerror}; fix: check the path", EX_DATAERR) from None
+        body: dict[str, Any] = {"manifest": parse_text(text, args.file)}
+    elif args.blueprint:
+        names = ("workers", "start", "chunk_size", "end")
+        params = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+        body = {"blueprint": args.blueprint, "params": params}
+    else:
+        raise _fail("nothing to submit; fix: mn submit prime_sweep_scale --workers 4, or mn submit -f FILE", 64)
+    job = api.post("/api/v1/jobs", body)
+    if not args.wait:
+        if args.json:
+            print(json.dumps(job, indent=2))
+        else:
+            jid = job["job_id"]
+            print(f"submitted {jid} ({job['progress']['total']} agents); follow it with: mn job {jid}")
+        return 0
+    job = _follow(api, job["job_id"], show=not args.json)
+    if args.json:
+        print(json.dumps(job, indent=2))
+    return 0 if job["status"] == "completed" else 1
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    frac = done / total if total else 0.0
+    fill = int(frac * width)
+    return "[" + "#" * fill + "-" * (width - fill) + f"] {done}/{total}"
+
+
+def _follow(api: Any, job_id: str, show: bool) -> dict[str, Any]:
+    tty = show and sys.stdout.isatty()
+    last_line = ""
+    misses = 0
+    while True:
+        try:
+            job: dict[str, Any] = api.get(f"/api/v1/jobs/{job_id}")
+            misses = 0
+        except MirrorNeuronError:
+            misses += 1
+            if misses > 20:
+                raise
+            time.sleep(0.25)
+            continue
+        p = job["progress"]
+        line = f"{job['status']:<9} {_bar(p['done'], p['total'])} owner {job.get('owner') or '-'}"
+        if show and line != last_line:
+            if tty:
+                print("\r" + line.ljust(len(last_line)), end="", flush=True)
+            else:
+                print(line, flush=True)
+            last_line = line
+        if job["status"] in TERMINAL:
+            if tty:
+                print()
+            if show:
+                _print_result(job)
+            return job
+        time.sleep(0.2)
+
+
+def _print_result(job: dict[str, Any]) -> None:
+    res = job.get("result")
+    if job["status"] == "completed" and isinstance(res, dict):
+        for k in ("prime_count", "checked_numbers", "chunks", "first_primes", "last_primes", "per_node_chunks"):
+            if k in res:
+                v = res[k]
+                if isinstance(v, list) and len(v) > 6:
+                    v = f"{v[:3]} ... {v[-3:]}"
+                print(f"  {k:16} {v}")
+    elif job.get("error"):
+        print(f"  error: {job['error']}")
+
+
+def cmd_jobs(api: Any, args: argparse.Namespace) -> int:
+    q = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
+    jobs = api.get("/api/v1/jobs" + q)["jobs"]
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    from mn_node.cli import table
+
+    rows = []
+    for j in jobs:
+        p = j["progress"]
+        rows.append([j["job_id"], j["status"], f"{p['done']}/{p['total']}", j.get("owner") or "-",
+                     time.strftime("%H:%M:%S", time.localtime(j["submitted_ms"] / 1000)),
+                     ",".join(f"{n.split('@')[0]}:{c}" for n, c in sorted(j["nodes"].items())) or "-"])
+    print(table(rows, ["JOB", "STATUS", "PROGRESS", "OWNER", "SUBMITTED", "EXECUTORS PER NODE"]) if rows else "no jobs")
+    return 0
+
+
+def cmd_job(api: Any, args: argparse.Namespace) -> int:
+    if args.no_follow or args.json:
+        job = api.get(f"/api/v1/jobs/{args.job_id}")
+        if args.json:
+            print(json.dumps(job, indent=2))
+        else:
+            p = job["progress"]
+            print(f"{job['job_id']}  {job['status']}  {_bar(p['done'], p['total'])}  owner {job.get('owner') or '-'}")
+            _print_result(job)
+        return 0
+    job = _follow(api, args.job_id, show=True)
+    return 0 if job["status"] == "completed" else 1
+
+
+def _fmt_event(ev: dict[str, Any]) -> str:
+    t = time.strftime("%H:%M:%S", time.localtime(ev["ts_ms"] / 1000)) + f".{ev['ts_ms'] % 1000:03d}"
+    data = " ".join(f"{k}={v}" for k, v in (ev.get("data") or {}).items() if not isinstance(v, (dict, list)))
+    epoch = f"epoch {ev['epoch']}" if ev.get("epoch") is not None else ""
+    return f"{t}  {ev['type']:<24} {ev.get('node', ''):<22} {epoch:<9} {data}".rstrip()
+
+
+def cmd_events(api: Any, args: argparse.Namespace) -> int:
+    if not args.follow:
+        evs = api.get(f"/api/v1/jobs/{args.job_id}/events")["events"]
+        if args.json:
+            print(json.dumps(evs, indent=2))
+        else:
+            for ev in evs:
+                print(_fmt_event(ev))
+        return 0
+    req = urllib.request.Request(f"{api.base}/api/v1/jobs/{args.job_id}/events?follow=1")  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=3600) as r:  # noqa: S310
+            for line in r:
+                ev = json.loads(line)
+                print(json.dumps(ev) if args.json else _fmt_event(ev), flush=True)
+    except urllib.error.HTTPError as e:
+        reason = json.loads(e.read() or b"{}").get("error", e.reason)
+        raise _fail(f"events of {args.job_id}: {e.code} {reason}", EX_UNAVAILABLE) from None
+    except urllib.error.URLError as e:
+        raise _fail(f"no node answers at {api.base} ({e.reason})", EX_UNAVAILABLE) from None
+    return 0
+
+
+def cmd_cancel(api: Any, args: argparse.Namespace) -> int:
+    res = api.post(f"/api/v1/jobs/{args.job_id}/cancel")
+    print(json.dumps(res, indent=2) if args.json else f"{args.job_id}: cancelled (was {res['previous']})")
+    return 0

@@ -1,0 +1,132 @@
+"""The jobs layer of one node: its coordinators, its executor service, and their mailboxes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from mn_node.errors import MirrorNeuronError, NotConnected
+from mn_node.jobs.coordinator import Coordinator
+from mn_node.jobs.executor import ExecutorService
+from mn_node.leases import Lease, LeaseManager
+from mn_node.link.manager import LinkManager
+from mn_node.membership import Membership
+from mn_node.registration import read_all
+from mn_node.store import Store
+
+log = logging.getLogger("mn_node.jobs")
+
+CALL_TIMEOUT = 3.0
+
+
+class JobRuntime:
+    def __init__(self, node: str, store: Store, leases: LeaseManager, links: LinkManager,
+                 members: Membership, capacity: int, tick: float) -> None:
+        self.node = node
+        self.store = store
+        self.leases = leases
+        self.links = links
+        self.members = members
+        self.tick = tick
+        self.capacity = capacity
+        self.executor = ExecutorService(node, store, links, capacity)
+        self.executor.local_done = lambda msg: self._on_agent_done(node, msg)
+        self.coordinators: dict[str, Coordinator] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._caps: dict[str, int] = {}
+        self._caps_at = 0.0
+        self.on_coordinator_exit: list[Any] = []
+        links.register("job.agent_done", self._on_agent_done)
+        links.register("job.cancel", self._on_cancel)
+        leases.on_lost(self._on_lease_lost)
+
+    def start(self) -> None:
+        self.executor.start()
+
+    async def stop(self) -> None:
+        for t in list(self._tasks.values()):
+            t.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self.executor.stop()
+
+    # ---- coordinators ---------------------------------------------------------------------------
+    def start_coordinator(self, job_id: str, lease: Lease) -> None:
+        if job_id in self.coordinators:
+            return
+        c = Coordinator(self, job_id, lease)
+        self.coordinators[job_id] = c
+        self._tasks[job_id] = asyncio.get_running_loop().create_task(c.run(), name=f"coordinator {job_id}")
+
+    def coordinator_done(self, c: Coordinator) -> None:
+        if self.coordinators.get(c.job_id) is c:
+            del self.coordinators[c.job_id]
+            self._tasks.pop(c.job_id, None)
+        if c.lease.valid():
+            asyncio.get_running_loop().create_task(self.leases.release(c.lease))
+        for cb in self.on_coordinator_exit:
+            cb(c.job_id)
+
+    def _on_lease_lost(self, lease: Lease) -> None:
+        if lease.name.startswith("job:"):
+            c = self.coordinators.get(lease.name[4:])
+            if c is not None and c.lease is lease:
+                c.wake()  # its next write raises LeaseLost and it stops
+
+    def _on_agent_done(self, frm: str, msg: Any) -> None:
+        c = self.coordinators.get(str(msg.get("job")))
+        if c is not None:
+            c.notify_done(str(msg.get("agent")))
+
+    def _on_cancel(self, frm: str, msg: Any) -> None:
+        c = self.coordinators.get(str(msg.get("job")))
+        if c is not None:
+            c.request_cancel()
+
+    # ---- executors, local or remote ------------------------------------------------------------------
+    async def capacities(self) -> dict[str, int]:
+        """Executor slots of every up node (from registrations, refreshed every second)."""
+        now = time.monotonic()
+        if now - self._caps_at > 1.0:
+            try:
+                regs = await read_all(self.store)
+                self._caps = {name: int(r.get("capacity", "1") or 1) for name, r in regs.items()}
+                self._caps_at = now
+            except MirrorNeuronError:
+                pass
+        caps = {n: self._caps.get(n, 1) for n in self.members.up_names()}
+        caps[self.node] = self.capacity
+        return caps
+
+    async def exec_run(self, node: str, job_id: str, epoch: int, reqs: list[dict[str, Any]]) -> Any:
+        msg = {"job": job_id, "epoch": epoch, "owner": self.node, "runs": reqs}
+        if node == self.node:
+            return self.executor.on_run(self.node, msg)
+        return await self.links.call(node, "exec.run", msg, CALL_TIMEOUT)
+
+    async def exec_status(self, node: str, job_id: str, agents: list[list[Any]]) -> list[bool]:
+        msg = {"job": job_id, "agents": agents}
+        if node == self.node:
+            return self.executor.on_status(self.node, msg)
+        res = await self.links.call(node, "exec.status", msg, CALL_TIMEOUT)
+        return [bool(x) for x in res]
+
+    def exec_cancel(self, node: str, job_id: str) -> None:
+        msg = {"job": job_id}
+        if node == self.node:
+            self.executor.on_cancel(self.node, msg)
+            return
+        try:
+            self.links.send(node, "exec.cancel", msg)
+        except NotConnected:
+            pass
+
+    def tell_owner_cancel(self, owner: str, job_id: str) -> None:
+        if owner == self.node:
+            self._on_cancel(self.node, {"job": job_id})
+            return
+        try:
+            self.links.send(owner, "job.cancel", {"job": job_id})
+        except NotConnected:
+            pass

@@ -1,0 +1,134 @@
+"""Job records in Redis (DESIGN §5 keys) and their JSON views."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mn_node.jobs.manifest import Manifest
+from mn_node.store import Store, decode_event
+
+ACTIVE = ("pending", "running")
+TERMINAL = ("completed", "failed", "cancelled")
+EVENTS_MAXLEN = 10_000
+
+
+@dataclass
+class AgentState:
+    status: str = "pending"  # pending | dispatched | completed | failed
+    attempt: int = 0
+    node: str = ""
+    output: Any = None
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def decode(cls, raw: str) -> AgentState:
+        d = json.loads(raw)
+        out = d.pop("output", None)
+        if isinstance(out, str):
+            try:
+                out = json.loads(out)
+            except ValueError:
+                pass
+        return cls(
+            status=str(d.pop("status", "pending")), attempt=int(d.pop("attempt", 0) or 0),
+            node=str(d.pop("node", "") or ""), output=out, error=str(d.pop("error", "") or ""), extra=d,
+        )
+
+    def encode(self) -> str:
+        d: dict[str, Any] = dict(self.extra)
+        d.update(status=self.status, attempt=self.attempt, node=self.node)
+        if self.output is not None:
+            d["output"] = json.dumps(self.output, separators=(",", ":"))
+        if self.error:
+            d["error"] = self.error
+        return json.dumps(d, separators=(",", ":"))
+
+
+class JobKeys:
+    def __init__(self, store: Store, job_id: str) -> None:
+        self.job = store.key("job", job_id)
+        self.agents = store.key("job", job_id, "agents")
+        self.events = store.key("job", job_id, "events")
+        self.runs = store.key("job", job_id, "runs")
+        self.lease_name = f"job:{job_id}"
+
+
+def new_job_id(graph_id: str) -> str:
+    return f"{graph_id}-{int(time.time() * 1000)}-{os.urandom(6).hex()}"
+
+
+async def create_job(store: Store, manifest: Manifest, node: str, request: dict[str, Any]) -> str:
+    job_id = new_job_id(manifest.graph_id)
+    k = JobKeys(store, job_id)
+    now = int(time.time() * 1000)
+    pipe = store.r.pipeline(transaction=True)
+    pipe.hset(k.job, mapping={
+        "job_id": job_id, "graph_id": manifest.graph_id, "job_name": manifest.job_name,
+        "status": "pending", "spec": manifest.to_json(), "request": json.dumps(request),
+        "submitted_ms": now, "updated_ms": now, "submitted_via": node,
+        "agents_total": len(manifest.agents), "agents_done": 0, "epoch": 0,
+    })
+    pipe.zadd(store.key("jobs"), {job_id: now})
+    pipe.sadd(store.key("jobs", "active"), job_id)
+    for etype in ("job_pending", "job_validated"):
+        pipe.xadd(k.events, {"type": etype, "node": node, "epoch": "", "data": json.dumps(
+            {"agents": len(manifest.agents), "graph_id": manifest.graph_id})}, maxlen=EVENTS_MAXLEN, approximate=True)
+    await store.guard(pipe.execute())
+    return job_id
+
+
+def job_view(h: dict[str, str], with_spec: bool = False) -> dict[str, Any]:
+    total = int(h.get("agents_total", "0") or 0)
+    done = int(h.get("agents_done", "0") or 0)
+    view: dict[str, Any] = {
+        "job_id": h.get("job_id"),
+        "graph_id": h.get("graph_id"),
+        "job_name": h.get("job_name"),
+        "status": h.get("status"),
+        "owner": h.get("owner") or None,
+        "epoch": int(h.get("epoch", "0") or 0),
+        "submitted_ms": int(h.get("submitted_ms", "0") or 0),
+        "updated_ms": int(h.get("updated_ms", "0") or 0),
+        "progress": {"done": done, "total": total},
+        "nodes": {k[5:]: int(v) for k, v in h.items() if k.startswith("node:")},
+        "result": json.loads(h["result"]) if h.get("result") else None,
+        "error": h.get("error") or None,
+    }
+    if with_spec and h.get("spec"):
+        view["manifest"] = json.loads(h["spec"])
+    return view
+
+
+async def get_job(store: Store, job_id: str) -> dict[str, str]:
+    h: dict[str, str] = await store.guard(store.r.hgetall(store.key("job", job_id)))
+    return h
+
+
+async def list_jobs(store: Store, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+    ids = await store.guard(store.r.zrevrange(store.key("jobs"), 0, max(0, limit - 1)))
+    if not ids:
+        return []
+    pipe = store.r.pipeline(transaction=False)
+    for jid in ids:
+        pipe.hgetall(store.key("job", jid))
+    rows = await store.guard(pipe.execute())
+    out = [job_view(h) for h in rows if h]
+    if status:
+        out = [j for j in out if j["status"] == status]
+    return out
+
+
+async def agent_states(store: Store, job_id: str) -> dict[str, AgentState]:
+    raw = await store.guard(store.r.hgetall(store.key("job", job_id, "agents")))
+    return {k: AgentState.decode(v) for k, v in raw.items() if not k.startswith("_")}
+
+
+async def job_events(store: Store, job_id: str, after: str = "-", count: int = 1000) -> list[dict[str, Any]]:
+    start = "(" + after if after not in ("-", "0", "") else "-"
+    raw = await store.guard(store.r.xrange(store.key("job", job_id, "events"), min=start, count=count))
+    return [decode_event(eid, f) for eid, f in raw]

@@ -1,0 +1,132 @@
+"""Placement: which node coordinates which job (the Horde part, DESIGN §6).
+
+On every membership change, every "kick" and every tick, each node looks at active jobs whose
+lease is free. The live node ranked first by rendezvous hash of the job id acquires the lease
+and starts the coordinator. A live lease is never stolen: a takeover waits for expiry, and the
+first-ranked node schedules its attempt for the moment the old lease expires. The leader also
+sweeps continuously: an active job whose lease stays free past a grace period (its first-ranked
+node cannot act, e.g. it lost Redis) is taken by the leader, recorded as ``orphan_swept``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Any
+
+from mn_node.errors import RedisUnavailable
+from mn_node.jobs.runtime import JobRuntime
+from mn_node.leader import LeaderElection
+from mn_node.leases import Holder, Lease, LeaseManager
+from mn_node.link.manager import LinkManager
+from mn_node.membership import Member, Membership
+from mn_node.store import Store
+
+log = logging.getLogger("mn_node.placement")
+
+KICK = "placement.kick"
+
+
+def rendezvous(job_id: str, nodes: list[str]) -> list[str]:
+    """Nodes ordered by highest-random-weight for this job id."""
+    def score(n: str) -> int:
+        return int.from_bytes(hashlib.blake2b(f"{job_id}|{n}".encode(), digest_size=8).digest(), "big")
+
+    return sorted(nodes, key=score, reverse=True)
+
+
+class Placement:
+    def __init__(self, node: str, store: Store, leases: LeaseManager, links: LinkManager,
+                 members: Membership, election: LeaderElection, runtime: JobRuntime) -> None:
+        self.node = node
+        self.store = store
+        self.leases = leases
+        self.links = links
+        self.members = members
+        self.election = election
+        self.rt = runtime
+        self.tick = leases.renew_ms / 1000
+        self.grace = leases.ttl_ms / 1000
+        self._free_since: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self.sweeps = 0
+        links.register(KICK, lambda frm, msg: self._wake.set())
+        members.on_nodeup(self._on_change)
+        members.on_nodedown(self._on_change)
+        runtime.on_coordinator_exit.append(lambda job_id: self._wake.set())
+
+    def _on_change(self, m: Member) -> None:
+        self._wake.set()
+
+    def kick_all(self) -> None:
+        """After a submit: every node reconciles now instead of at its next tick."""
+        self._wake.set()
+        self.links.broadcast(KICK, {})
+
+    async def run(self) -> None:
+        while True:
+            delay = self.tick
+            try:
+                delay = await self.reconcile()
+            except RedisUnavailable:
+                self._free_since.clear()
+            except Exception:
+                log.exception("placement reconcile failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def reconcile(self) -> float:
+        """One pass. Returns how long to wait before the next (shorter when a lease is about to expire)."""
+        if not self.store.available:
+            return self.tick
+        active: set[str] = await self.store.guard(self.store.r.smembers(self.store.key("jobs", "active")))
+        candidates = sorted(j for j in active if j not in self.rt.coordinators)
+        for j in list(self._free_since):
+            if j not in active:
+                del self._free_since[j]
+        if not candidates:
+            return self.tick
+        pipe = self.store.r.pipeline(transaction=False)
+        for j in candidates:
+            key = self.leases.lease_key(f"job:{j}")
+            pipe.get(key)
+            pipe.pttl(key)
+        res = await self.store.guard(pipe.execute())
+        up = self.members.up_names()
+        now = time.monotonic()
+        delay = self.tick
+        for i, job_id in enumerate(candidates):
+            token, pttl = res[2 * i], res[2 * i + 1]
+            if token:
+                self._free_since.pop(job_id, None)
+                if rendezvous(job_id, up)[:1] == [self.node] and Holder(str(token), 0).node not in up \
+                        and int(pttl) >= 0:
+                    delay = min(delay, int(pttl) / 1000 + 0.002)  # be there the moment it expires
+                continue
+            since = self._free_since.setdefault(job_id, now)
+            first = rendezvous(job_id, up)[:1] == [self.node]
+            sweep = not first and self.election.is_leader and now - since >= self.grace
+            if first or sweep:
+                await self._take(job_id, sweep, now - since)
+        return delay
+
+    async def _take(self, job_id: str, sweep: bool, free_for: float) -> None:
+        got = await self.leases.acquire(f"job:{job_id}")
+        if not isinstance(got, Lease):
+            return
+        self._free_since.pop(job_id, None)
+        if sweep:
+            self.sweeps += 1
+            log.info("orphan sweep: taking job %s (lease free %.1fs)", job_id, free_for)
+            lease = self.election.lease
+            await self.store.event("orphan_swept", self.node, lease.epoch if lease else "",
+                                   job_id=job_id, free_for_s=round(free_for, 3), job_epoch=got.epoch)
+        self.rt.start_coordinator(job_id, got)
+
+    def status(self) -> dict[str, Any]:
+        return {"coordinating": sorted(self.rt.coordinators), "sweeps": self.sweeps}
