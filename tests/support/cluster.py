@@ -117,6 +117,22 @@ class Cluster:
         with urllib.request.urlopen(node.api + path, timeout=timeout) as r:
             return json.loads(r.read())
 
+    def post(self, index: int, path: str, body: Any = None, token: str | None = None, timeout: float = 5.0) -> Any:
+        from mn_node.config import api_token
+
+        node = self.nodes[index - 1]
+        req = urllib.request.Request(node.api + path, data=json.dumps(body or {}).encode(), method="POST")
+        req.add_header("Content-Type", "application/json")
+        req.add_header("Authorization", f"Bearer {token or api_token(self.cookie.encode())}")
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def post_status(self, index: int, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+        try:
+            return 200, self.post(index, path, body, token)
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}")
+
     def get_status(self, index: int, path: str, timeout: float = 2.0) -> tuple[int, Any]:
         try:
             return 200, self.get(index, path, timeout)
