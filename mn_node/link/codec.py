@@ -33,13 +33,15 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes, max_frames: int = 0) -> list[bytes]:
+        """Append ``data``; return the complete frames (at most ``max_frames`` if > 0, the rest
+        stays buffered: the limit may change after a frame, e.g. once a handshake completes)."""
         buf = self._buf
         buf += data
         frames: list[bytes] = []
         pos = 0
         end = len(buf)
-        while end - pos >= 4:
+        while end - pos >= 4 and not (max_frames and len(frames) >= max_frames):
             (size,) = HEADER.unpack_from(buf, pos)
             if size > self.limit:
                 raise ProtocolError(f"frame length {size} exceeds the {self.limit}-byte maximum")

@@ -102,14 +102,19 @@ class Conn(asyncio.Protocol):
         if self.state == "closed":
             return
         try:
-            frames = self.decoder.feed(data)
-            for frame in frames:
-                if self.state == "up":
+            # handshake frames one at a time: the frame limit grows once the link is up, and
+            # the dialler may send big frames right behind its finish message
+            while self.state not in ("up", "closed"):
+                frames = self.decoder.feed(data, 1)
+                data = b""
+                if not frames:
+                    break
+                self._on_handshake(frames[0])
+            if self.state == "up":
+                for frame in self.decoder.feed(data):
                     self._on_frame(frame)
-                else:
-                    self._on_handshake(frame)
-                if self.state == "closed":
-                    return
+                    if self.state == "closed":
+                        return
         except LinkError as e:
             self._fail(e)
         if self.state == "up":
