@@ -174,7 +174,7 @@ async def test_call_timeout_and_remote_error(managers: Factory) -> None:
     b.register("boom", boom)
     connect(a, b)
     await linked(a, b)
-    with pytest.raises(CallTimeout, match="did not answer hang within 0.2s"):
+    with pytest.raises(CallTimeout, match=r"did not answer hang within 0\.2s"):
         await a.call(b.ident.node, "hang", 1, timeout=0.2)
     with pytest.raises(RemoteError, match="ValueError: bad input 7"):
         await a.call(b.ident.node, "boom", 7)
@@ -205,7 +205,7 @@ async def test_simultaneous_dial_leaves_exactly_one_link(managers: Factory) -> N
         connect(b, a)
         await linked(a, b)
 
-        def settled() -> bool:
+        def settled(a: LinkManager = a, b: LinkManager = b) -> bool:
             ca, cb = a.links.get(b.ident.node), b.links.get(a.ident.node)
             if ca is None or cb is None or ca.transport is None or cb.transport is None:
                 return False
