@@ -111,7 +111,7 @@ class Store:
 
     async def event(self, type_: str, node: str, epoch: int | str = "", **data: Any) -> None:
         """Append to the cluster events stream (best effort: a lost event is logged)."""
-        fields = {"type": type_, "node": node, "epoch": str(epoch), "data": json.dumps(data)}
+        fields: dict[Any, Any] = {"type": type_, "node": node, "epoch": str(epoch), "data": json.dumps(data)}
         try:
             await self.guard(self.r.xadd(self.key("events"), fields, maxlen=EVENTS_MAXLEN, approximate=True))
         except RedisUnavailable as e:

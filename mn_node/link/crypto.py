@@ -24,7 +24,8 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import msgpack
 from nacl import bindings as nb
@@ -70,10 +71,10 @@ def _unpack_map(data: bytes) -> dict[str, Any]:
 
 
 def _field(m: dict[str, Any], key: str, typ: type, size: int | None = None) -> Any:
-    v = m.get(key)
+    v: Any = m.get(key)
     if not isinstance(v, typ) or isinstance(v, bool):
         raise ProtocolError(f"handshake field {key!r} missing or of the wrong type")
-    if size is not None and len(v) != size:
+    if size is not None and len(cast("Sized", v)) != size:
         raise ProtocolError(f"handshake field {key!r} has the wrong length")
     return v
 
@@ -103,7 +104,7 @@ class SendStream:
     def encrypt(self, plaintext: bytes, final: bool = False) -> bytes:
         self._count += 1
         tag = _TAG_FINAL if final else (_TAG_REKEY if self._count % REKEY_EVERY == 0 else _TAG_MESSAGE)
-        return nb.crypto_secretstream_xchacha20poly1305_push(self._state, plaintext, None, tag)  # type: ignore[no-any-return]
+        return nb.crypto_secretstream_xchacha20poly1305_push(self._state, plaintext, None, tag)
 
 
 class RecvStream:
@@ -127,7 +128,7 @@ class RecvStream:
             raise ProtocolError("frame failed authentication (tampered, reordered or replayed)") from None
         if tag == _TAG_FINAL:
             self.finished = True
-        return msg  # type: ignore[no-any-return]
+        return msg
 
 
 @dataclass
