@@ -23,8 +23,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass
 from collections.abc import Sized
+from dataclasses import dataclass
 from typing import Any, cast
 
 import msgpack
