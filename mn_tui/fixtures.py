@@ -1,0 +1,185 @@
+"""A fixed data set and a provider that serves it: stable screens for snapshot tests and docs.
+
+Times are relative to :data:`NOW` and shown in UTC (``time.gmtime``), so a snapshot renders
+the same on every machine.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+from mn_tui.model import (
+    BoxState,
+    ClusterState,
+    DoctorCheck,
+    DoctorReport,
+    Event,
+    Health,
+    Job,
+    JobDetail,
+    JobsState,
+    Leader,
+    LocalProc,
+    Member,
+    PortCheck,
+)
+
+NOW = 1_767_225_600.0  # 2026-01-01 00:00:00 UTC
+API = "http://10.0.0.11:4000"
+
+
+def fixed_clock() -> float:
+    return NOW
+
+
+def _ms(sec_ago: float) -> int:
+    return int((NOW - sec_ago) * 1000)
+
+
+def members() -> list[Member]:
+    def m(i: int, status: str, rtt: float | None, **kw: object) -> Member:
+        base = Member(name=f"mn{i}@10.0.0.1{i}", address=f"10.0.0.1{i}", status=status,
+                      incarnation=f"6b08ed92a4a8b9f{i}", since=NOW - 3600, last_seen=NOW - 0.4,
+                      rtt_ms=rtt, registered=True, version="0.1.0", capacity=4, loadavg1=0.42 * i,
+                      links=3, pid=4100 + i, started_ms=_ms(86400 + 600 * i))
+        return replace(base, **kw)  # type: ignore[arg-type]
+
+    return [
+        m(1, "up", None, is_self=True, last_seen=NOW, rtt_ms=0.0),
+        m(2, "up", 0.31),
+        m(3, "down", None, since=NOW - 42, last_seen=NOW - 43.5, reason="closed by peer", links=None,
+          loadavg1=None),
+        m(4, "up", 0.27, version="0.1.1"),
+    ]
+
+
+def events() -> list[Event]:
+    def ev(sec_ago: float, typ: str, node: str, epoch: int | None = None, **data: object) -> Event:
+        ts = _ms(sec_ago)
+        return Event(f"{ts}-0", ts, typ, node, epoch, dict(data),
+                     "cluster:leader" if typ.startswith("leader_") else "")
+
+    return [
+        ev(7200, "node_up", "mn1@10.0.0.11", incarnation="6b08ed92a4a8b9f1"),
+        ev(7199, "leader_elected", "mn1@10.0.0.11", 1),
+        ev(5400, "leader_released", "mn1@10.0.0.11", 1, reason="shutdown"),
+        ev(5399.9, "leader_elected", "mn2@10.0.0.12", 2),
+        ev(600, "node_down", "mn2@10.0.0.12", 2, reason="keepalive timeout", observed_by="mn3@10.0.0.13"),
+        ev(597.5, "leader_elected", "mn3@10.0.0.13", 3),
+        ev(45, "leader_elected", "mn4@10.0.0.14", 4),
+        ev(42, "node_down", "mn3@10.0.0.13", 4, reason="closed by peer", observed_by="mn4@10.0.0.14"),
+    ]
+
+
+def cluster() -> ClusterState:
+    return ClusterState(
+        fetched_at=NOW, api=API,
+        health=Health("ok", "mn1@10.0.0.11", "6b08ed92a4a8b9f1", "0.1.0", "ok", False, 3, ()),
+        members=members(),
+        leader=Leader("mn4@10.0.0.14", 4, 2140, "6b08ed92a4a8b9f4", False),
+        events=events(),
+    )
+
+
+def jobs() -> list[Job]:
+    return [
+        Job("job-7f3a", "prime_sweep_scale", "prime_sweep_scale x60", "running", "mn4@10.0.0.14", 9,
+            _ms(30), _ms(0.5), 41, 63, {"mn1@10.0.0.11": 4, "mn2@10.0.0.12": 4, "mn4@10.0.0.14": 3}),
+        Job("job-7f39", "prime_sweep_scale", "prime_sweep_scale x4", "completed", "mn2@10.0.0.12", 7,
+            _ms(900), _ms(880), 7, 7, {}, {"primes": 32}),
+        Job("job-7f31", "prime_sweep_scale", "prime_sweep_scale x8", "failed", "mn3@10.0.0.13", 5,
+            _ms(4000), _ms(3990), 5, 11, {}, None, "prime_worker_0004: exceeded 3 attempts"),
+        Job("job-7f30", "prime_sweep_scale", "prime_sweep_scale x2", "pending", "", None,
+            _ms(2), _ms(2), 0, 5, {}),
+    ]
+
+
+def job_events(job_id: str) -> list[Event]:
+    base: list[tuple[str, str, int | None, dict[str, object]]] = [
+        ("job_submitted", "mn1@10.0.0.11", None, {"by": "mn1@10.0.0.11"}),
+        ("coordinator_started", "mn3@10.0.0.13", 8, {}),
+        ("agent_dispatched", "mn3@10.0.0.13", 8, {"agent": "prime_worker_0001", "to": "mn2@10.0.0.12"}),
+        ("agent_completed", "mn2@10.0.0.12", 8, {"agent": "prime_worker_0001", "primes": 7}),
+        ("coordinator_lost", "mn4@10.0.0.14", 9, {"previous": "mn3@10.0.0.13"}),
+        ("coordinator_started", "mn4@10.0.0.14", 9, {"resumed": 40, "replayed": 2}),
+        ("agent_dispatched", "mn4@10.0.0.14", 9, {"agent": "prime_worker_0042", "to": "mn1@10.0.0.11",
+                                                  "attempt": 2}),
+    ]
+    out = []
+    for i, (typ, node, epoch, data) in enumerate(base):
+        ts = _ms(30 - 4 * i)
+        out.append(Event(f"{ts}-0", ts, typ, node, epoch, data))
+    return out
+
+
+def box() -> BoxState:
+    return BoxState(
+        NOW,
+        processes=[
+            LocalProc(4101, 1, "sleeping", NOW - 86400 - 600, "/usr/bin/python3 /usr/local/bin/mn-node",
+                      "mn1@10.0.0.11", "live: mn1@10.0.0.11", False),
+            LocalProc(3877, 1, "sleeping", NOW - 172800, "/usr/bin/python3 /usr/local/bin/mn-node",
+                      "mn1@10.0.0.11", "stale: old incarnation of mn1 (registered pid is 4101)", True),
+            LocalProc(3990, 3877, "zombie", NOW - 90000, "[mn-node] <defunct>", "",
+                      "zombie: parent pid 3877 (mn-node) has not reaped it", True),
+        ],
+        ports=[
+            PortCheck("10.0.0.11:4000", "API (mn1)", 4101, "/usr/bin/python3 /usr/local/bin/mn-node", "ok",
+                      "held by mn1 itself"),
+            PortCheck("10.0.0.11:4370", "dist of mn1", 5120, "python3 -m http.server 4370", "conflict",
+                      "held by foreign process pid 5120: python3 -m http.server 4370"),
+        ],
+    )
+
+
+def doctor() -> DoctorReport:
+    return DoctorReport(NOW, True, [
+        DoctorCheck("config", "ok", "MIRROR_NEURON_* parsed; 4 nodes listed", ""),
+        DoctorCheck("redis", "ok", "redis://10.0.0.5:6379/0 answers in 0.3 ms; AOF on; noeviction", ""),
+        DoctorCheck("cookie", "warn", "cookie is 16 bytes (32+ recommended)",
+                    "head -c 32 /dev/urandom | base64 > /etc/mirror-neuron/cookie; then roll it out"),
+        DoctorCheck("dist_port", "fail", "10.0.0.11:4370 in use by pid 5120 (python3 -m http.server 4370)",
+                    "kill 5120, or set MIRROR_NEURON_DIST_PORT to a free port on every box"),
+        DoctorCheck("peers", "ok", "mn2, mn4 reachable and authenticated; mn3 down", ""),
+    ], "", 1)
+
+
+@dataclass
+class StaticProvider:
+    """Serves fixed data. Every call returns the same thing: the screen never changes."""
+
+    api: str = API
+    readonly_reason: str = ""
+    cluster_state: ClusterState = field(default_factory=cluster)
+    jobs_state: JobsState = field(default_factory=lambda: JobsState(NOW, True, jobs()))
+    box_state: BoxState = field(default_factory=box)
+    doctor_report: DoctorReport = field(default_factory=doctor)
+    killed: list[tuple[int, int]] = field(default_factory=list)
+
+    async def cluster(self) -> ClusterState:
+        return self.cluster_state
+
+    async def jobs(self) -> JobsState:
+        return self.jobs_state
+
+    async def job(self, job_id: str) -> JobDetail:
+        job = next((j for j in self.jobs_state.jobs if j.job_id == job_id), None)
+        return JobDetail(NOW, job, job_events(job_id))
+
+    async def box(self, cluster: ClusterState | None) -> BoxState:
+        return self.box_state
+
+    async def doctor(self) -> DoctorReport:
+        return self.doctor_report
+
+    async def kill(self, pid: int, sig: int) -> str:
+        self.killed.append((pid, sig))
+        return f"(fixture) would send signal {sig} to pid {pid}"
+
+    async def close(self) -> None:
+        return None
+
+
+def demo_app_kwargs() -> dict[str, object]:
+    return {"clock": fixed_clock, "tfn": time.gmtime}
