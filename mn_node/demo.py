@@ -90,7 +90,7 @@ class Demo:
     def api(self, k: int, path: str, body: Any = None) -> Any:
         url = f"http://{PREFIX}.{k}:4000{path}"
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")  # noqa: S310
+        req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
         if body is not None:
             req.add_header("Content-Type", "application/json")
             req.add_header("Authorization", f"Bearer {api_token(self.cookie.encode())}")

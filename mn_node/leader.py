@@ -71,12 +71,12 @@ class LeaderElection:
     async def run(self) -> None:
         interval = self.leases.renew_ms / 1000
         while True:
+            self._wake.clear()  # before the work: a wake-up during it must not be lost
             delay = interval
             if self.lease is None:
                 delay = await self._contend(interval)
             else:
                 await self._beat()
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:

@@ -67,6 +67,7 @@ class Placement:
 
     async def run(self) -> None:
         while True:
+            self._wake.clear()  # before the work: a kick during it must not be lost
             delay = self.tick
             try:
                 delay = await self.reconcile()
@@ -74,7 +75,6 @@ class Placement:
                 self._free_since.clear()
             except Exception:
                 log.exception("placement reconcile failed")
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:

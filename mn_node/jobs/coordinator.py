@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mn_node.jobs")
 
 FULL_REFRESH_S = 2.0
+PREFETCH = 2
 
 
 class Coordinator:
@@ -43,6 +44,8 @@ class Coordinator:
         self.states: dict[str, AgentState] = {}
         self.manifest: Manifest | None = None
         self.order: list[str] = []
+        self._rank: dict[str, int] = {}
+        self._open: set[str] = set()
         self._wake = asyncio.Event()
         self._notified: set[str] = set()
         self._inflight: dict[str, int] = {}  # node -> executors we dispatched there, not yet done
@@ -116,9 +119,11 @@ class Coordinator:
                              events=[("job_failed", {"reason": str(e)})], terminal=True)
             return
         self.order = _topo(self.manifest)
+        self._rank = {aid: i for i, aid in enumerate(self.order)}
         self.states = await agent_states(self.rt.store, self.job_id)
         recovering = h.get("status") == "running"
         fresh = {aid: AgentState() for aid in self.manifest.agents if aid not in self.states}
+        self._open = {aid for aid in self.manifest.agents if self.states.get(aid, AgentState()).status != "completed"}
         if recovering:
             done = sum(st.status == "completed" for st in self.states.values())
             inflight = [aid for aid, st in self.states.items() if st.status == "dispatched"]
@@ -138,22 +143,22 @@ class Coordinator:
                      len(self.manifest.agents))
         last_full = time.monotonic()
         while True:
+            self._wake.clear()  # before the work: a notification during it must not be lost
+            await self._refresh_notified()
             if self.cancel_requested:
                 await self._stop_cancelled()
                 return
             if await self._step():
                 return
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.rt.tick)
-            except TimeoutError:
-                pass
+            if not self._notified:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.rt.tick)
+                except TimeoutError:
+                    pass
             if time.monotonic() - last_full >= FULL_REFRESH_S:
                 last_full = time.monotonic()
                 if await self._refresh_full():
                     return
-            else:
-                await self._refresh_notified()
 
     # ---- recovery -------------------------------------------------------------------------
     async def _recover_inflight(self, inflight: list[str]) -> set[str]:
@@ -185,60 +190,66 @@ class Coordinator:
         """Advance the graph as far as possible. Returns True when the job reached a terminal state."""
         m = self.manifest
         assert m is not None
-        done_now: dict[str, AgentState] = {}
-        events: list[tuple[str, dict[str, Any]]] = []
-        to_dispatch: list[str] = []
-        nodes_of = {aid: st.node for aid, st in self.states.items()}
-        for aid in self.order:
+        while True:
+            done_now: dict[str, AgentState] = {}
+            events: list[tuple[str, dict[str, Any]]] = []
+            to_dispatch: list[str] = []
+            nodes_of = {aid: st.node for aid, st in self.states.items()}
+            for aid in sorted(self._ready(), key=self._rank.__getitem__):
+                st = self.states[aid]
+                agent = m.agents[aid]
+                if st.status == "failed":
+                    if st.attempt >= m.max_attempts:
+                        why = f"agent {aid} failed {st.attempt} times: {st.error}"
+                        await self.write(job={"status": "failed", "error": why},
+                                         events=[("job_failed", {"agent": aid, "error": st.error})], terminal=True)
+                        log.warning("job %s failed: %s", self.job_id, why)
+                        return True
+                    to_dispatch.append(aid)
+                    continue
+                if agent.type == "executor":
+                    to_dispatch.append(aid)
+                    continue
+                ups = m.upstream(aid)
+                if aid in m.entrypoints:
+                    inputs: dict[str, Any] = {"initial": m.initial_inputs.get(aid)}
+                else:
+                    inputs = {u: self.states[u].output for u in ups}
+                if agent.type == "router":
+                    out: Any = inputs.get("initial") if aid in m.entrypoints else inputs
+                else:
+                    out = REDUCERS[str(agent.config.get("reduce", "collect"))](inputs, nodes_of)
+                done_now[aid] = AgentState("completed", 1, self.rt.node, out)
+                events.append(("agent_completed", {"agent": aid, "type": agent.type}))
+            if done_now:
+                await self.write(agents=done_now, events=events)
+            if to_dispatch:
+                await self._dispatch(to_dispatch)
+            if all(self.states[t].status == "completed" for t in m.terminals):
+                outs = {t: self.states[t].output for t in m.terminals}
+                result = next(iter(outs.values())) if len(outs) == 1 else outs
+                await self.write(job={"status": "completed", "result": result,
+                                      "finished_ms": int(time.time() * 1000)},
+                                 events=[("job_completed", {"summary": _brief(result)})], terminal=True)
+                log.info("job %s completed", self.job_id)
+                return True
+            if not done_now:
+                return False
+
+    def _ready(self) -> list[str]:
+        """Agents not yet dispatched or completed whose upstream agents have all completed."""
+        m = self.manifest
+        assert m is not None
+        out = []
+        for aid in list(self._open):
             st = self.states[aid]
             if st.status in ("completed", "dispatched"):
+                if st.status == "completed":
+                    self._open.discard(aid)
                 continue
-            agent = m.agents[aid]
-            if st.status == "failed":
-                if st.attempt >= m.max_attempts:
-                    why = f"agent {aid} failed {st.attempt} times: {st.error}"
-                    await self.write(job={"status": "failed", "error": why},
-                                     events=[("job_failed", {"agent": aid, "error": st.error})], terminal=True)
-                    log.warning("job %s failed: agent %s: %s", self.job_id, aid, st.error)
-                    return True
-                to_dispatch.append(aid)
-                continue
-            ups = m.upstream(aid)
-            if any(self._status(u, done_now) != "completed" for u in ups):
-                continue
-            if agent.type == "executor":
-                to_dispatch.append(aid)
-                continue
-            inputs = {u: self._output(u, done_now) for u in ups}
-            if aid in m.entrypoints:
-                inputs = {"initial": m.initial_inputs.get(aid)}
-            if agent.type == "router":
-                out: Any = inputs.get("initial") if aid in m.entrypoints else inputs
-            else:
-                out = REDUCERS[str(agent.config.get("reduce", "collect"))](inputs, nodes_of)
-            done_now[aid] = AgentState("completed", 1, self.rt.node, out)
-            events.append(("agent_completed", {"agent": aid, "type": agent.type}))
-        if done_now:
-            await self.write(agents=done_now, events=events)
-        if to_dispatch:
-            await self._dispatch(to_dispatch)
-        if all(self.states[t].status == "completed" for t in m.terminals):
-            outs = {t: self.states[t].output for t in m.terminals}
-            result = next(iter(outs.values())) if len(outs) == 1 else outs
-            await self.write(job={"status": "completed", "result": result,
-                                  "finished_ms": int(time.time() * 1000)},
-                             events=[("job_completed", {"summary": _brief(result)})], terminal=True)
-            log.info("job %s completed", self.job_id)
-            return True
-        if done_now:
-            return await self._step()
-        return False
-
-    def _status(self, aid: str, pending: dict[str, AgentState]) -> str:
-        return pending[aid].status if aid in pending else self.states[aid].status
-
-    def _output(self, aid: str, pending: dict[str, AgentState]) -> Any:
-        return pending[aid].output if aid in pending else self.states[aid].output
+            if all(self.states[u].status == "completed" for u in m.upstream(aid)):
+                out.append(aid)
+        return out
 
     async def _dispatch(self, aids: list[str], recovery: bool = False) -> None:
         m = self.manifest
@@ -282,10 +293,12 @@ class Coordinator:
                                                                                  "reason": str(res)[:200]})])
 
     def _pick_node(self, caps: dict[str, int]) -> str | None:
+        """The node with the most free slots (round robin among equals). Each node gets up to
+        PREFETCH x its capacity, so its pool never idles while a completion travels back to us."""
         best: list[str] = []
         best_free = 0
         for node, cap in sorted(caps.items()):
-            free = cap - self._inflight.get(node, 0)
+            free = cap * PREFETCH - self._inflight.get(node, 0)
             if free > best_free:
                 best, best_free = [node], free
             elif free == best_free and free > 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import yaml
@@ -55,16 +56,24 @@ class Manifest:
     policies: dict[str, Any]
     raw: dict[str, Any]
 
+    @cached_property
+    def _adjacency(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        up: dict[str, list[str]] = {a: [] for a in self.agents}
+        down: dict[str, list[str]] = {a: [] for a in self.agents}
+        for a, b in self.edges:
+            up[b].append(a)
+            down[a].append(b)
+        return up, down
+
     def upstream(self, agent_id: str) -> list[str]:
-        return [a for a, b in self.edges if b == agent_id]
+        return self._adjacency[0][agent_id]
 
     def downstream(self, agent_id: str) -> list[str]:
-        return [b for a, b in self.edges if a == agent_id]
+        return self._adjacency[1][agent_id]
 
-    @property
+    @cached_property
     def terminals(self) -> list[str]:
-        sources = {a for a, _ in self.edges}
-        return [a for a in self.agents if a not in sources]
+        return [a for a in self.agents if not self.downstream(a)]
 
     @property
     def max_attempts(self) -> int:
