@@ -48,8 +48,11 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
                          "send Authorization: Bearer <token>; `mn` derives it from MIRROR_NEURON_COOKIE")
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        fix = "see the routes under /api/v1 (README)" if e.status in (404, 405) else ""
+        return error(e.status, f"{e.reason}: {request.method} {request.path[:200]}", fix)
     except RedisUnavailable as e:
         return error(503, str(e), "check that Redis is running and reachable from this node (mn doctor)")
     except MirrorNeuronError as e:
