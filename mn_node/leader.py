@@ -23,6 +23,7 @@ log = logging.getLogger("mn_node.leader")
 
 LEASE = "cluster:leader"
 MAILBOX = "leader"
+HISTORY_MAXLEN = 20_000
 
 
 class LeaderElection:
@@ -110,11 +111,12 @@ class LeaderElection:
         if lease is None or not lease.valid():
             return
         self._beat_seq += 1
+        beat = {"node": self.node, "epoch": lease.epoch, "seq": self._beat_seq, "at_ms": int(time.time() * 1000)}
         try:
-            await self.leases.fenced_hset(lease, self.store.key("leader", "beat"), {
-                "node": self.node, "epoch": lease.epoch, "seq": self._beat_seq,
-                "at_ms": int(time.time() * 1000),
-            })
+            await self.leases.fenced_hset(lease, self.store.key("leader", "beat"), beat)
+            # the fenced register: an append-only history the fault checker reads back
+            del beat["epoch"]  # fenced_xadd records the writer's epoch itself
+            await self.leases.fenced_xadd(lease, self.store.key("leader", "history"), beat, maxlen=HISTORY_MAXLEN)
         except (FencedWriteRefused, LeaseLost, RedisUnavailable) as e:
             log.info("leader heartbeat not written: %s", e)
 
