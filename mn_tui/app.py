@@ -14,12 +14,13 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
@@ -42,6 +43,8 @@ from mn_tui.panes._base import Table
 from mn_tui.provider import LiveProvider, Provider
 
 log = logging.getLogger("mn_tui")
+
+P = TypeVar("P", MembersPane, LeadershipPane, JobsPane, BoxPane, DoctorPane)
 
 TABS = (("members", "1 Members"), ("leadership", "2 Leadership"), ("jobs", "3 Jobs"),
         ("box", "4 This box"), ("doctor", "5 Doctor"))
@@ -169,6 +172,18 @@ class MnTui(App[None]):
             t.stop()
         await self.provider.close()
 
+    def _pane(self, cls: type[P]) -> P:
+        return self.query_one(cls)
+
+    def _alive(self) -> bool:
+        """False while the app is shutting down: a late timer or message then has nothing to
+        draw on, and must not crash the exit."""
+        try:
+            self.query_one(MembersPane)
+        except NoMatches:
+            return False
+        return not self._closing
+
     def view(self) -> View:
         return View(self.clock(), self.tfn, self.filter_text)
 
@@ -225,7 +240,8 @@ class MnTui(App[None]):
     @work(exclusive=True, group="doctor")
     async def run_doctor(self) -> None:
         self.doctor_running = True
-        self._render_doctor()
+        if self._alive():
+            self._render_doctor()
         try:
             rep = await self.provider.doctor()
         except Exception as e:
@@ -252,7 +268,8 @@ class MnTui(App[None]):
                 for name, old in list(self.seen.items()):
                     if name not in current and old.status != "gone":
                         self.seen[name] = _gone(old, st.fetched_at)
-        self._render_cluster()
+        if self._alive():
+            self._render_cluster()
 
     def on_jobs_polled(self, msg: JobsPolled) -> None:
         if msg.data is not None:
@@ -260,16 +277,21 @@ class MnTui(App[None]):
         else:
             old = self.jobs_state
             self.jobs_state = JobsState(self.clock(), True, old.jobs if old else [], msg.error)
-        self.query_one(JobsPane).update_view(self.jobs_state, self.view())
+        if not self._alive():
+            return
+        self._pane(JobsPane).update_view(self.jobs_state, self.view())
 
     def on_box_polled(self, msg: BoxPolled) -> None:
         self.box_state = msg.data
-        self.query_one(BoxPane).update_view(self.box_state, self.view(), self.readonly)
+        if not self._alive():
+            return
+        self._pane(BoxPane).update_view(self.box_state, self.view(), self.readonly)
 
     def on_doctor_polled(self, msg: DoctorPolled) -> None:
         self.doctor_report = msg.data
         self.doctor_running = False
-        self._render_doctor()
+        if self._alive():
+            self._render_doctor()
 
     def on_jobs_pane_open(self, msg: JobsPane.Open) -> None:
         self.push_screen(JobScreen(msg.job_id, self.provider.job, self.refresh_s, self.view))
@@ -278,24 +300,26 @@ class MnTui(App[None]):
     def _render_cluster(self) -> None:
         view = self.view()
         members = sorted(self.seen.values(), key=lambda m: m.name)
-        self.query_one(MembersPane).update_view(self.cluster, members, view)
-        self.query_one(LeadershipPane).update_view(self.cluster, view)
+        self._pane(MembersPane).update_view(self.cluster, members, view)
+        self._pane(LeadershipPane).update_view(self.cluster, view)
         self._status()
         self._banner()
 
     def _render_all(self) -> None:
+        if not self._alive():
+            return
         view = self.view()
         self._render_cluster()
-        self.query_one(JobsPane).update_view(self.jobs_state, view)
-        self.query_one(BoxPane).update_view(self.box_state, view, self.readonly)
+        self._pane(JobsPane).update_view(self.jobs_state, view)
+        self._pane(BoxPane).update_view(self.box_state, view, self.readonly)
         self._render_doctor()
 
     def _render_doctor(self) -> None:
-        self.query_one(DoctorPane).update_view(self.doctor_report, self.view(), self.doctor_running)
+        self._pane(DoctorPane).update_view(self.doctor_report, self.view(), self.doctor_running)
 
     def _tick(self) -> None:
-        if self.cluster is not None and self.cluster.leader is not None:
-            self.query_one(LeadershipPane).tick(self.cluster, self.clock())
+        if self.cluster is not None and self.cluster.leader is not None and self._alive():
+            self._pane(LeadershipPane).tick(self.cluster, self.clock())
 
     def _status(self) -> None:
         t = Text()
@@ -404,7 +428,7 @@ class MnTui(App[None]):
         if self.readonly:
             self.notify("read-only mode: kill is disabled", severity="warning")
             return
-        sel = self.query_one(BoxPane).selected_pid()
+        sel = self._pane(BoxPane).selected_pid()
         if sel is None:
             self.notify("no process selected", severity="warning")
             return

@@ -126,6 +126,8 @@ class JobScreen(Screen[None]):
                 self._timer = self.set_timer(self.interval, self.load)
 
     def on_job_screen_loaded(self, msg: Loaded) -> None:
+        if not self.is_attached or not self.is_current:
+            return
         view = self.view()
         head = self.query_one("#job-head", Static)
         if msg.detail is None or msg.detail.job is None:
