@@ -1,0 +1,399 @@
+"""Shared facts, each gathered once per run (see :meth:`Context.once`)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+
+from mn_node.config import NodeAddr, parse_env_file, redact_url
+from mn_node.doctor.context import Context
+from mn_node.doctor.model import Kind
+from mn_node.doctor.probes import (
+    HandshakeFailed,
+    HttpReply,
+    ProbeError,
+    close_writer,
+    handshake,
+    http_get,
+    in_thread,
+    resolve,
+    tcp_connect,
+)
+from mn_node.errors import MirrorNeuronError
+from mn_node.link.crypto import Identity
+from mn_node.ports import PortHolder, listeners
+
+# ---- Redis ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisFacts:
+    url: str  # redacted
+    ok: bool
+    error: str = ""
+    kind: Kind = Kind.UNAVAILABLE
+    fix: str = ""
+    client: Any = None
+    host: str = ""
+    port: int = 0
+    has_password: bool = False
+    latency_ms: float = 0.0
+    connect_ms: float = 0.0
+    server: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    persistence: dict[str, Any] = field(default_factory=dict)
+    time_ms: float = 0.0  # Redis TIME
+    skew_ms: float = 0.0  # local clock minus Redis clock (RTT-compensated)
+
+    def cli(self) -> str:
+        """A copy-pasteable redis-cli prefix for this server (never with the password)."""
+        if not self.host:
+            return "redis-cli"
+        auth = " --askpass" if self.has_password else ""
+        return f"redis-cli -h {self.host} -p {self.port}{auth}"
+
+
+def _redis_error(e: BaseException) -> tuple[str, Kind]:
+    name = type(e).__name__
+    text = (str(e) or name).splitlines()[0][:200]
+    if "Authentication" in name or "NOAUTH" in text or "WRONGPASS" in text or "invalid password" in text:
+        return "authentication failed (wrong or missing password)", Kind.CONFIG
+    if "Timeout" in name or isinstance(e, TimeoutError):
+        return "timed out", Kind.TIMEOUT
+    return text, Kind.UNAVAILABLE
+
+
+async def redis_facts(ctx: Context) -> RedisFacts:
+    return await ctx.once("redis", lambda: _probe_redis(ctx))
+
+
+async def _probe_redis(ctx: Context) -> RedisFacts:
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    url = ctx.redis_url
+    envf = ctx.env_file_hint
+    if not url:
+        return RedisFacts("(unset)", False, "MIRROR_NEURON_REDIS_URL is not set",
+                          Kind.CONFIG, f"set MIRROR_NEURON_REDIS_URL=redis://HOST:6379/0 in {envf}")
+    shown = redact_url(url)
+    facts = RedisFacts(shown, False)
+    parts = urlsplit(url)
+    st = ctx.stage
+    if parts.scheme in ("redis", "rediss"):
+        facts.host = parts.hostname or "127.0.0.1"
+        try:
+            facts.port = parts.port or 6379
+        except ValueError:
+            facts.port = 6379
+        facts.has_password = bool(parts.password)
+        # stage 1: TCP, to tell "nothing there" from "filtered" from "not answering"
+        try:
+            addr = await resolve(facts.host, st)
+            _r, w, facts.connect_ms = await tcp_connect(addr, facts.port, st)
+            await close_writer(w)
+        except ProbeError as e:
+            facts.error = str(e)
+            if e.how == "refused":
+                facts.error = f"nothing listens at {facts.host}:{facts.port} (connection refused): Redis is down"
+                facts.fix = (f"start Redis on {facts.host} (systemctl start redis-server) or correct "
+                             f"MIRROR_NEURON_REDIS_URL in {envf}")
+            elif e.how == "timeout":
+                facts.kind = Kind.TIMEOUT
+                facts.error = (f"TCP to {facts.host}:{facts.port} timed out after {st:.1f}s: packets are dropped "
+                               "(firewall) or the host is down")
+                facts.fix = (f"on {facts.host}: allow TCP {facts.port} from this box (nft list ruleset; "
+                             "ufw status), and check the host is up")
+            elif e.how == "resolve":
+                facts.kind = Kind.CONFIG
+                facts.fix = f"use a resolvable host or an IP address in MIRROR_NEURON_REDIS_URL ({envf})"
+            else:
+                facts.fix = f"check the network path to {facts.host}:{facts.port} (ip route get {facts.host})"
+            return facts
+    client = aioredis.Redis.from_url(
+        url, socket_connect_timeout=st, socket_timeout=st, decode_responses=True,
+        retry=Retry(NoBackoff(), 0), health_check_interval=0,
+    )
+    facts.client = client
+    ctx.on_close(client.aclose)
+    try:
+        pings = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            await client.ping()
+            pings.append((time.monotonic() - t0) * 1000)
+        facts.latency_ms = statistics.median(pings)
+        facts.server = await client.info("server")
+        facts.memory = await client.info("memory")
+        facts.persistence = await client.info("persistence")
+        t0 = time.time()
+        sec, usec = await client.time()
+        t1 = time.time()
+        facts.time_ms = int(sec) * 1000 + int(usec) / 1000
+        facts.skew_ms = (t0 + t1) / 2 * 1000 - facts.time_ms
+    except Exception as e:
+        why, kind = _redis_error(e)
+        facts.kind = kind
+        if kind is Kind.CONFIG:
+            facts.error = f"Redis at {shown} refused us: {why}"
+            facts.fix = f"put the right password in MIRROR_NEURON_REDIS_URL (redis://:PASSWORD@HOST:PORT/0) in {envf}"
+        elif kind is Kind.TIMEOUT:
+            facts.error = (f"Redis at {shown} accepted the connection but did not answer within {st:.1f}s: "
+                           "it is paused (SIGSTOP), overloaded or blocked by a slow command")
+            facts.fix = f"on the Redis host: {facts.cli()} --latency; systemctl status redis-server; check its log"
+        else:
+            facts.error = f"Redis at {shown}: {why}"
+            facts.fix = f"check Redis with: {facts.cli()} ping"
+        return facts
+    facts.ok = True
+    return facts
+
+
+async def registrations(ctx: Context) -> dict[str, dict[str, str]] | None:
+    """Every node registration in this namespace, or None when Redis is unavailable."""
+
+    async def read() -> dict[str, dict[str, str]] | None:
+        r = await redis_facts(ctx)
+        if not r.ok:
+            return None
+        out: dict[str, dict[str, str]] = {}
+        try:
+            keys = [k async for k in r.client.scan_iter(match=ctx.key("node", "*"), count=500)]
+            if keys:
+                pipe = r.client.pipeline(transaction=False)
+                for k in keys:
+                    pipe.hgetall(k)
+                for reg in await pipe.execute():
+                    if reg and reg.get("name"):
+                        out[reg["name"]] = reg
+        except Exception:  # Redis went away between the probe and now
+            return None
+        return out
+
+    return await ctx.once("registrations", read)
+
+
+async def redis_now_ms(ctx: Context) -> float:
+    """Redis's clock now (ms), from the TIME read at probe time plus elapsed monotonic time."""
+    r = await redis_facts(ctx)
+    return time.time() * 1000 - r.skew_ms if r.ok else time.time() * 1000
+
+
+# ---- the local node's API -----------------------------------------------------------------
+
+
+@dataclass
+class ApiFacts:
+    base: str
+    reply: HttpReply | None = None
+    error: ProbeError | None = None
+    nodes: list[dict[str, Any]] | None = None
+
+    @property
+    def is_mn(self) -> bool:
+        return bool(self.reply and isinstance(self.reply.body, dict) and "incarnation" in self.reply.body)
+
+    @property
+    def health(self) -> dict[str, Any]:
+        if self.reply and isinstance(self.reply.body, dict):
+            return self.reply.body
+        return {}
+
+
+async def local_api(ctx: Context) -> ApiFacts:
+    async def probe() -> ApiFacts:
+        assert ctx.api is not None
+        f = ApiFacts(ctx.api.base)
+        try:
+            f.reply = await http_get(ctx.api.host, ctx.api.port, "/api/v1/health", ctx.stage, ctx.api.ssl)
+        except ProbeError as e:
+            f.error = e
+            return f
+        if f.is_mn:
+            try:
+                nodes = await http_get(ctx.api.host, ctx.api.port, "/api/v1/nodes", ctx.stage, ctx.api.ssl)
+                if isinstance(nodes.body, dict) and isinstance(nodes.body.get("nodes"), list):
+                    f.nodes = nodes.body["nodes"]
+            except ProbeError:
+                pass
+        return f
+
+    return await ctx.once("local_api", probe)
+
+
+# ---- peers ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PeerProbe:
+    node: NodeAddr
+    stage: str = "resolve"  # the stage reached: resolve, tcp, handshake, app, ok
+    how: str = ""  # how the failing stage failed (refused, timeout, auth, ...)
+    message: str = ""
+    addr: str = ""
+    tcp_ms: float | None = None
+    hs_ms: float | None = None
+    peer_cookie_hash: str | None = None
+    found_node: str = ""
+    health: dict[str, Any] | None = None
+    health_note: str = ""
+
+    @property
+    def linked(self) -> bool:
+        """The peer's mn-node proved it knows our cookie (reachable at the link level)."""
+        return self.stage in ("app", "ok")
+
+
+async def peer_probe(ctx: Context, node: NodeAddr) -> PeerProbe:
+    return await ctx.once(f"peer:{node.name}", lambda: _probe_peer(ctx, node))
+
+
+async def _probe_peer(ctx: Context, node: NodeAddr) -> PeerProbe:
+    assert ctx.cfg is not None
+    p = PeerProbe(node)
+    st = ctx.stage
+    try:
+        p.addr = await resolve(node.host, st)
+    except ProbeError as e:
+        p.how, p.message = e.how, str(e)
+        return p
+    p.stage = "tcp"
+    try:
+        reader, writer, p.tcp_ms = await tcp_connect(p.addr, node.port, st)
+    except ProbeError as e:
+        p.how, p.message = e.how, str(e)
+        return p
+    p.stage = "handshake"
+    try:
+        ident = Identity(ctx.cfg.cookie, f"doctor:{ctx.cfg.name}", f"doctor{int(time.time() * 1000):x}")
+        hs = await handshake(reader, writer, ident, st)
+    except HandshakeFailed as e:
+        p.how, p.message, p.peer_cookie_hash = e.how, str(e), e.peer_cookie_hash
+        return p
+    finally:
+        await close_writer(writer)
+    p.hs_ms = hs.ms
+    p.found_node = hs.peer_node
+    p.stage = "app"
+    await _peer_app(ctx, p)
+    return p
+
+
+async def _peer_app(ctx: Context, p: PeerProbe) -> None:
+    """Stage 4: is the peer's application healthy? Its API when reachable from here, else its
+    registration's freshness in Redis."""
+    regs = await registrations(ctx)
+    reg = (regs or {}).get(p.node.name)
+    api = reg.get("api", "") if reg else ""
+    host, _, port_s = api.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_s.isdigit():
+        host, port_s = p.node.host, str(ctx.cfg.api_port if ctx.cfg else 4000)
+    if host in ("0.0.0.0", "::", ""):
+        host = p.addr
+    loopback_only = host.startswith("127.") or host == "::1"
+    if loopback_only and not p.addr.startswith("127.") and p.addr != "::1":
+        p.health_note = f"its API is bound to {host} (loopback), so only its registration can be checked"
+    else:
+        try:
+            reply = await http_get(host, int(port_s), "/api/v1/health", ctx.stage)
+            if isinstance(reply.body, dict) and "status" in reply.body:
+                p.health = reply.body
+            else:
+                p.health_note = f"its API at {host}:{port_s} answered HTTP {reply.status}, not mn-node health"
+        except ProbeError as e:
+            p.health_note = f"its API at {host}:{port_s} did not answer ({e})"
+    if p.health is not None:
+        if p.health.get("status") != "ok":
+            reasons = "; ".join(str(x) for x in p.health.get("reasons") or []) or "unhealthy"
+            p.how, p.message = "unhealthy", reasons
+            return
+        p.stage = "ok"
+        return
+    if regs is None:
+        p.stage = "ok"  # nothing more we can learn; the link proof is the best evidence
+        return
+    if reg is None:
+        p.how, p.message = "unregistered", "it has no registration in Redis (it cannot reach Redis, or uses " \
+                                           "another Redis URL or namespace)"
+        return
+    now = await redis_now_ms(ctx)
+    age = now - float(reg.get("refreshed_ms", "0") or 0)
+    limit = 3 * (ctx.cfg.renew_interval_ms if ctx.cfg else 500) + 1000
+    if age > limit:
+        p.how, p.message = "stale", f"its registration was last refreshed {age / 1000:.1f}s ago (hung, or cut off " \
+                                    "from Redis)"
+        return
+    p.stage = "ok"
+
+
+# ---- local processes and ports -------------------------------------------------------------
+
+
+@dataclass
+class ProcInfo:
+    pid: int
+    node: str  # node name from its environment / env file; "" when unknown
+    cmdline: str
+    status: str
+    create_time: float
+    user: str
+
+    def describe(self) -> str:
+        state = "" if self.status in ("running", "sleeping", "disk-sleep", "idle") else f", {self.status}"
+        started = time.strftime("%H:%M:%S", time.localtime(self.create_time))
+        return f"pid {self.pid} ({self.cmdline[:80]}; user {self.user}; started {started}{state})"
+
+
+def _is_daemon_cmd(cmd: list[str]) -> bool:
+    text = " ".join(cmd)
+    if "doctor" in cmd or "check-config" in cmd:
+        return False
+    if "mn_node.daemon" in text:
+        return True
+    return any(Path(a).name == "mn-node" for a in cmd[:3])
+
+
+def _scan_processes() -> list[ProcInfo]:
+    out: list[ProcInfo] = []
+    me = psutil.Process().pid
+    for proc in psutil.process_iter(["pid", "cmdline", "status", "create_time", "username"]):
+        try:
+            info = proc.info
+            cmd = info.get("cmdline") or []
+            if info["pid"] == me or not _is_daemon_cmd(cmd) or info.get("status") == psutil.STATUS_ZOMBIE:
+                continue
+            node = ""
+            try:
+                env = proc.environ()
+                node = env.get("MIRROR_NEURON_NODE_NAME", "")
+            except (psutil.AccessDenied, psutil.NoSuchProcess):
+                env = {}
+            if "--env-file" in cmd:
+                i = cmd.index("--env-file")
+                if i + 1 < len(cmd):
+                    try:
+                        node = parse_env_file(Path(cmd[i + 1])).get("MIRROR_NEURON_NODE_NAME", node)
+                    except MirrorNeuronError:
+                        pass
+            out.append(ProcInfo(int(info["pid"]), node.strip(), " ".join(cmd), str(info.get("status")),
+                                float(info.get("create_time") or 0), str(info.get("username") or "?")))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return out
+
+
+async def processes(ctx: Context) -> list[ProcInfo]:
+    """mn-node daemons running on this box (not doctor, not check-config)."""
+    return await ctx.once("processes", lambda: in_thread(_scan_processes))
+
+
+async def port_holders(ctx: Context, port: int, host: str) -> list[PortHolder]:
+    return await ctx.once(f"port:{host}:{port}", lambda: in_thread(listeners, port, host))
