@@ -132,6 +132,27 @@ class Demo:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # ---- the story ------------------------------------------------------------------------
+    def leader_failover(self, lead: dict[str, Any]) -> dict[str, Any]:
+        """SIGKILL the leader, measure until a survivor leads, restart the dead node (same name)."""
+        victim = self.names.index(lead["node"]) + 1
+        self.say(f"SIGKILL of the leader {lead['node']}")
+        self.procs[victim].send_signal(signal.SIGKILL)
+        self.procs[victim].wait(10)
+        t_kill = time.monotonic()
+        other = self.live()[0]
+        new = self.wait(lambda: (lambda c: c if c.get("node") not in (None, lead["node"]) else None)(
+            self.api(other, "/api/v1/leader")), 20, "a new leader")
+        took = time.monotonic() - t_kill
+        self.say(f"  new leader {new['node']} at epoch {new['epoch']} (was {lead['epoch']}) after {took:.2f}s "
+                 f"(the old lease had to expire: TTL 2.5 s)")
+        self.start_node(victim)
+        def all_up() -> bool:
+            return sum(n["status"] == "up" for n in self.api(other, "/api/v1/nodes")["nodes"]) == self.args.nodes
+
+        self.wait(all_up, 20, f"{lead['node']} to rejoin")
+        self.say(f"  {lead['node']} restarted under the same name with a new incarnation and rejoined")
+        return dict(new)
+
     def run(self) -> int:
         a = self.args
         self.start_redis()
@@ -146,6 +167,7 @@ class Demo:
         lead = self.wait(lambda: self.api(1, "/api/v1/leader").get("node") and self.api(1, "/api/v1/leader"),
                          10, "a leader")
         self.say(f"\nleader: {lead['node']} (epoch {lead['epoch']}, lease TTL left {lead['ttl_ms']} ms)")
+        lead = self.leader_failover(lead)
 
         params = {"workers": a.workers, "start": a.start, "chunk_size": a.chunk_size}
         job = self.api(1, "/api/v1/jobs", {"blueprint": "prime_sweep_scale", "params": params})
