@@ -289,10 +289,10 @@ async def test_tampered_frame_on_established_link_drops_it(managers: Factory, ca
     peer = await RawPeer.open(b)
     session = await peer.handshake(Identity(COOKIE, "raw@127.0.0.1", "inc1"))
     await until(lambda: "raw@127.0.0.1" in b.links, "raw peer linked")
-    ok = session.send.encrypt(msgpack.packb((SEND, "inbox", "first")))
+    ok = session.send.encrypt(msgpack.packb([(SEND, "inbox", "first")]))
     peer.send_frame(ok)
     await until(lambda: got == ["first"], "first message delivered")
-    bad = bytearray(session.send.encrypt(msgpack.packb((SEND, "inbox", "second"))))
+    bad = bytearray(session.send.encrypt(msgpack.packb([(SEND, "inbox", "second")])))
     bad[-1] ^= 0xFF
     peer.send_frame(bytes(bad))
     assert await peer.closed_by_peer()
@@ -308,7 +308,7 @@ async def test_replayed_frame_drops_link(managers: Factory) -> None:
     b.register("inbox", lambda frm, msg: got.append(msg))
     peer = await RawPeer.open(b)
     session = await peer.handshake(Identity(COOKIE, "raw@127.0.0.1", "inc1"))
-    frame = session.send.encrypt(msgpack.packb((SEND, "inbox", "once")))
+    frame = session.send.encrypt(msgpack.packb([(SEND, "inbox", "once")]))
     peer.send_frame(frame)
     peer.send_frame(frame)
     assert await peer.closed_by_peer()
@@ -444,3 +444,39 @@ async def test_unreachable_peer_retried_without_harming_others(managers: Factory
     await _assert_pair_healthy(a, b)
     assert "ghost@" + addr(a)[0] not in a.links
     assert not a._dialers["ghost@" + addr(a)[0]].done()  # still retrying
+
+
+async def test_send_many_delivers_each_message_in_order(managers: Factory) -> None:
+    a, b = await managers(), await managers()
+    got: list[Any] = []
+    b.register("inbox", lambda frm, msg: got.append(msg))
+    connect(a, b)
+    await linked(a, b)
+    a.send(b.ident.node, "inbox", -1)
+    a.send_many(b.ident.node, "inbox", list(range(10_000)))
+    big = [b"y" * 100_000 for _ in range(100)]  # 10 MB: split into frames under the maximum
+    a.send_many(b.ident.node, "inbox", big)
+    a.send(b.ident.node, "inbox", -2)
+    await until(lambda: len(got) == 10_102, "10,102 messages", timeout=30)
+    assert got[:10_001] == [-1, *range(10_000)] and got[-1] == -2
+    assert got[10_001:10_101] == big
+    assert a.links[b.ident.node].msgs_out >= 10_102
+    assert b.links[a.ident.node].msgs_in >= 10_102
+
+
+@pytest.mark.parametrize(
+    "body",
+    [msgpack.packb({"not": "an array"}), msgpack.packb([[99, "x"]]), msgpack.packb([(SEND, ["unhashable"], 1)]),
+     msgpack.packb([(6, "inbox", "not a list")]), b"\xdd\x00\x00\x00\x05\x01", b"\xc1"],
+    ids=["not-array", "unknown-kind", "bad-mailbox", "bad-batch", "short-array", "invalid-byte"],
+)
+async def test_malformed_plaintext_from_authenticated_peer_drops_link(managers: Factory, body: bytes) -> None:
+    b = await managers()
+    got: list[Any] = []
+    b.register("inbox", lambda frm, msg: got.append(msg))
+    peer = await RawPeer.open(b)
+    session = await peer.handshake(Identity(COOKIE, "raw@127.0.0.1", "inc1"))
+    peer.send_frame(session.send.encrypt(body))
+    assert await peer.closed_by_peer()
+    await until(lambda: "raw@127.0.0.1" not in b.links, "link dropped")
+    assert got == []
