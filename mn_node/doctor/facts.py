@@ -27,7 +27,7 @@ from mn_node.doctor.probes import (
 )
 from mn_node.errors import MirrorNeuronError
 from mn_node.link.crypto import Identity
-from mn_node.ports import PortHolder, listeners
+from mn_node.ports import PortHolder
 
 # ---- Redis ----------------------------------------------------------------------------------
 
@@ -395,5 +395,33 @@ async def processes(ctx: Context) -> list[ProcInfo]:
     return await ctx.once("processes", lambda: in_thread(_scan_processes))
 
 
+def _listening() -> list[tuple[str, int, int | None]]:
+    """(ip, port, pid) of every listening TCP socket on this box, from one /proc scan."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, PermissionError):
+        return []
+    return [(c.laddr.ip, c.laddr.port, c.pid) for c in conns if c.status == psutil.CONN_LISTEN and c.laddr]
+
+
+def _holders(snapshot: list[tuple[str, int, int | None]], port: int, host: str) -> list[PortHolder]:
+    wild = ("", "0.0.0.0", "::")
+    out: list[PortHolder] = []
+    for ip, p, pid in snapshot:
+        if p != port or not (host in wild or ip in (host, "0.0.0.0", "::")):
+            continue
+        cmd = ""
+        if pid is not None:
+            try:
+                proc = psutil.Process(pid)
+                cmd = " ".join(proc.cmdline()) or proc.name()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                cmd = "?"
+        out.append(PortHolder(pid, cmd[:200], f"{ip}:{p}"))
+    return out
+
+
 async def port_holders(ctx: Context, port: int, host: str) -> list[PortHolder]:
-    return await ctx.once(f"port:{host}:{port}", lambda: in_thread(listeners, port, host))
+    """Who listens on ``host:port`` (or a wildcard address) on this box (see mn_node.ports)."""
+    snapshot = await ctx.once("listening", lambda: in_thread(_listening))
+    return await ctx.once(f"port:{host}:{port}", lambda: in_thread(_holders, snapshot, port, host))

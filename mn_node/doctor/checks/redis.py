@@ -7,7 +7,7 @@ from mn_node.doctor.facts import RedisFacts, redis_facts, redis_now_ms, registra
 from mn_node.doctor.model import Kind, Result, fail, ok, warn
 from mn_node.doctor.registry import check
 
-LATENCY_WARN_MS = 20.0
+LATENCY_WARN_MS = 100.0
 SKEW_WARN_MS = 500.0
 MIN_VERSION = (6, 2)
 
