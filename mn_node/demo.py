@@ -147,7 +147,8 @@ class Demo:
                  f"(the old lease had to expire: TTL 2.5 s)")
         self.start_node(victim)
         def all_up() -> bool:
-            return sum(n["status"] == "up" for n in self.api(other, "/api/v1/nodes")["nodes"]) == self.args.nodes
+            rows = self.api(other, "/api/v1/nodes")["nodes"]
+            return bool(sum(n["status"] == "up" for n in rows) == int(self.args.nodes))
 
         self.wait(all_up, 20, f"{lead['node']} to rejoin")
         self.say(f"  {lead['node']} restarted under the same name with a new incarnation and rejoined")

@@ -169,7 +169,8 @@ class Coordinator:
             by_node.setdefault(self.states[aid].node, []).append(aid)
         for node, aids in by_node.items():
             running: set[str] = set()
-            if self.rt.members.is_up(node):
+            await self.rt.capacities()
+            if self.rt.healthy(node):
                 query = [[aid, self.states[aid].attempt] for aid in aids]
                 try:
                     res = await self.rt.exec_status(node, self.job_id, query)
@@ -334,10 +335,12 @@ class Coordinator:
         fresh = await agent_states(self.rt.store, self.job_id)
         for aid, st in fresh.items():
             self._absorb(aid, st)
+        await self.rt.capacities()
         lost = [aid for aid, st in self.states.items()
-                if st.status == "dispatched" and not self.rt.members.is_up(st.node)]
+                if st.status == "dispatched" and not self.rt.healthy(st.node)]
         if lost:
-            log.info("job %s: %d executors were on nodes now down; replaying them", self.job_id, len(lost))
+            log.info("job %s: %d executors were on nodes now down or cut off from Redis; replaying them",
+                     self.job_id, len(lost))
             for aid in lost:
                 node = self.states[aid].node
                 self._inflight[node] = max(0, self._inflight.get(node, 0) - 1)

@@ -31,6 +31,7 @@ class JobRuntime:
         self.members = members
         self.tick = tick
         self.capacity = capacity
+        self.stale_after_ms = int(3 * tick * 1000 + 1000)
         self.executor = ExecutorService(node, store, links, capacity)
         self.executor.local_done = lambda msg: self._on_agent_done(node, msg)
         self.coordinators: dict[str, Coordinator] = {}
@@ -86,18 +87,26 @@ class JobRuntime:
 
     # ---- executors, local or remote ------------------------------------------------------------------
     async def capacities(self) -> dict[str, int]:
-        """Executor slots of every up node (from registrations, refreshed every second)."""
+        """Executor slots of every node that can take work: linked to us *and* refreshing its
+        registration in Redis (a node cut off from Redis could run work but never store it).
+        Registrations are re-read at most once a second."""
         now = time.monotonic()
         if now - self._caps_at > 1.0:
             try:
+                redis_ms = await self.store.server_time_ms()
                 regs = await read_all(self.store)
-                self._caps = {name: int(r.get("capacity", "1") or 1) for name, r in regs.items()}
+                self._caps = {name: int(r.get("capacity", "1") or 1) for name, r in regs.items()
+                              if redis_ms - int(r.get("refreshed_ms", "0") or 0) < self.stale_after_ms}
                 self._caps_at = now
             except MirrorNeuronError:
                 pass
-        caps = {n: self._caps.get(n, 1) for n in self.members.up_names()}
+        caps = {n: self._caps[n] for n in self.members.up_names() if n in self._caps}
         caps[self.node] = self.capacity
         return caps
+
+    def healthy(self, node: str) -> bool:
+        """Up on the links and, at the last look, refreshing its registration in Redis."""
+        return node == self.node or (self.members.is_up(node) and node in self._caps)
 
     async def exec_run(self, node: str, job_id: str, epoch: int, reqs: list[dict[str, Any]]) -> Any:
         msg = {"job": job_id, "epoch": epoch, "owner": self.node, "runs": reqs}
