@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -361,21 +363,40 @@ def _is_daemon_cmd(cmd: list[str]) -> bool:
     return any(Path(a).name == "mn-node" for a in cmd[:3])
 
 
+def _pids() -> list[int]:
+    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
 def _scan_processes() -> list[ProcInfo]:
+    """mn-node daemons, from a raw /proc walk (psutil only for the few that match: a full
+    psutil.process_iter costs seconds on a loaded box)."""
     out: list[ProcInfo] = []
-    me = psutil.Process().pid
-    for proc in psutil.process_iter(["pid", "cmdline", "status", "create_time", "username"]):
+    me = os.getpid()
+    for pid in _pids():
+        if pid == me:
+            continue
+        cmd = _cmdline(pid)
+        if not cmd or not _is_daemon_cmd(cmd):
+            continue
         try:
-            info = proc.info
-            cmd = info.get("cmdline") or []
-            if info["pid"] == me or not _is_daemon_cmd(cmd) or info.get("status") == psutil.STATUS_ZOMBIE:
+            proc = psutil.Process(pid)
+            status = proc.status()
+            if status == psutil.STATUS_ZOMBIE:
                 continue
             node = ""
             try:
-                env = proc.environ()
-                node = env.get("MIRROR_NEURON_NODE_NAME", "")
+                node = proc.environ().get("MIRROR_NEURON_NODE_NAME", "")
             except (psutil.AccessDenied, psutil.NoSuchProcess):
-                env = {}
+                pass
             if "--env-file" in cmd:
                 i = cmd.index("--env-file")
                 if i + 1 < len(cmd):
@@ -383,9 +404,9 @@ def _scan_processes() -> list[ProcInfo]:
                         node = parse_env_file(Path(cmd[i + 1])).get("MIRROR_NEURON_NODE_NAME", node)
                     except MirrorNeuronError:
                         pass
-            out.append(ProcInfo(int(info["pid"]), node.strip(), " ".join(cmd), str(info.get("status")),
-                                float(info.get("create_time") or 0), str(info.get("username") or "?")))
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            out.append(ProcInfo(pid, node.strip(), " ".join(cmd), str(status), proc.create_time(),
+                                proc.username()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, KeyError):
             continue
     return out
 
@@ -395,28 +416,66 @@ async def processes(ctx: Context) -> list[ProcInfo]:
     return await ctx.once("processes", lambda: in_thread(_scan_processes))
 
 
-def _listening() -> list[tuple[str, int, int | None]]:
-    """(ip, port, pid) of every listening TCP socket on this box, from one /proc scan."""
-    try:
-        conns = psutil.net_connections(kind="tcp")
-    except (psutil.AccessDenied, PermissionError):
-        return []
-    return [(c.laddr.ip, c.laddr.port, c.pid) for c in conns if c.status == psutil.CONN_LISTEN and c.laddr]
+def _hex_addr(h: str) -> str:
+    raw = bytes.fromhex(h)
+    # /proc/net/tcp{,6} print each 32-bit word in host (little-endian) order
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 4:
+        return str(ipaddress.IPv4Address(words))
+    v6 = ipaddress.IPv6Address(words)
+    return str(v6.ipv4_mapped) if v6.ipv4_mapped else str(v6)
 
 
-def _holders(snapshot: list[tuple[str, int, int | None]], port: int, host: str) -> list[PortHolder]:
+def _listening() -> list[tuple[str, int, int]]:
+    """(ip, port, socket inode) of every listening TCP socket in this network namespace."""
+    out: list[tuple[str, int, int]] = []
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) < 10 or parts[3] != "0A":  # 0A = LISTEN
+                continue
+            ip_hex, port_hex = parts[1].split(":")
+            out.append((_hex_addr(ip_hex), int(port_hex, 16), int(parts[9])))
+    return out
+
+
+def _pid_of_inode(inode: int, first: list[int]) -> int | None:
+    """The process holding socket ``inode``: look at ``first`` (the mn-node pids), then everyone."""
+    target = f"socket:[{inode}]"
+    seen: set[int] = set()
+    for group in (first, _pids()):
+        for pid in group:
+            if pid in seen:
+                continue
+            seen.add(pid)
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                        return pid
+                except OSError:
+                    continue
+    return None
+
+
+def _holders(snapshot: list[tuple[str, int, int]], port: int, host: str, first: list[int]) -> list[PortHolder]:
     wild = ("", "0.0.0.0", "::")
     out: list[PortHolder] = []
-    for ip, p, pid in snapshot:
+    for ip, p, inode in snapshot:
         if p != port or not (host in wild or ip in (host, "0.0.0.0", "::")):
             continue
+        pid = _pid_of_inode(inode, first)
         cmd = ""
         if pid is not None:
-            try:
-                proc = psutil.Process(pid)
-                cmd = " ".join(proc.cmdline()) or proc.name()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                cmd = "?"
+            cmd = " ".join(_cmdline(pid) or []) or "?"
         out.append(PortHolder(pid, cmd[:200], f"{ip}:{p}"))
     return out
 
@@ -424,4 +483,5 @@ def _holders(snapshot: list[tuple[str, int, int | None]], port: int, host: str) 
 async def port_holders(ctx: Context, port: int, host: str) -> list[PortHolder]:
     """Who listens on ``host:port`` (or a wildcard address) on this box (see mn_node.ports)."""
     snapshot = await ctx.once("listening", lambda: in_thread(_listening))
-    return await ctx.once(f"port:{host}:{port}", lambda: in_thread(_holders, snapshot, port, host))
+    first = [p.pid for p in await processes(ctx)]
+    return await ctx.once(f"port:{host}:{port}", lambda: in_thread(_holders, snapshot, port, host, first))
