@@ -39,6 +39,8 @@ class LeaderElection:
         self._became: list[Callable[[Lease], None]] = []
         self._lost: list[Callable[[Lease], None]] = []
         self._beat_seq = 0
+        self.stopped = False
+        self._contending = asyncio.Lock()
         links.register(MAILBOX, self._on_message)
         leases.on_lost(self._on_lease_lost)
 
@@ -84,6 +86,12 @@ class LeaderElection:
                 pass
 
     async def _contend(self, interval: float) -> float:
+        async with self._contending:  # step_down waits for an attempt in flight
+            if self.stopped:
+                return interval
+            return await self._contend_once(interval)
+
+    async def _contend_once(self, interval: float) -> float:
         try:
             res = await self.leases.acquire(LEASE, event="leader_elected")
         except RedisUnavailable:
@@ -121,9 +129,15 @@ class LeaderElection:
             log.info("leader heartbeat not written: %s", e)
 
     async def step_down(self) -> None:
-        """Graceful: release the lease and tell peers so one of them takes over at once."""
-        lease = self.lease
-        self.lease = None
+        """Graceful: release the lease and tell peers so one of them takes over at once.
+
+        Also stops contending for good: the node is stopping, and re-acquiring between the
+        release and the end of the election loop would make the successor wait a whole TTL."""
+        self.stopped = True
+        self._wake.set()
+        async with self._contending:
+            lease = self.lease
+            self.lease = None
         if lease is None:
             return
         released = await self.leases.release(lease, event="leader_released", data='{"reason":"shutdown"}')
