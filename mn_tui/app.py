@@ -46,6 +46,9 @@ log = logging.getLogger("mn_tui")
 
 P = TypeVar("P", MembersPane, LeadershipPane, JobsPane, BoxPane, DoctorPane)
 
+BOX_MIN_S = 2.0
+BOX_IDLE_S = 15.0
+
 TABS = (("members", "1 Members"), ("leadership", "2 Leadership"), ("jobs", "3 Jobs"),
         ("box", "4 This box"), ("doctor", "5 Doctor"))
 
@@ -80,7 +83,7 @@ class DoctorPolled(Polled):
 
 
 CSS = """
-#status { height: 1; background: $panel; color: $text; padding: 0 1; }
+#status { height: auto; background: $panel; color: $text; padding: 0 1; }
 #banner { display: none; height: auto; padding: 0 1; background: $error 30%; color: $text; }
 #banner.shown { display: block; }
 #filter { dock: bottom; display: none; height: 3; margin-bottom: 1; }
@@ -90,13 +93,14 @@ CSS = """
 TabPane { padding: 0; }
 #box-ports { max-height: 8; }
 HelpScreen, ConfirmKill { align: center middle; }
-#help-box { width: 84; max-width: 95%; height: auto; max-height: 95%; border: round $accent;
+#help-box { width: 74; max-width: 95%; height: auto; max-height: 95%; border: round $accent;
             background: $surface; padding: 0 1; }
 #confirm-box { width: 70; max-width: 95%; height: auto; border: thick $error; background: $surface;
                padding: 1 2; }
 #confirm-buttons { height: auto; margin-top: 1; }
 #confirm-buttons Button { margin-right: 1; }
 JobScreen #job-progress { height: auto; padding: 0 1; }
+DoctorPane { padding: 0 1; }
 """
 
 
@@ -192,12 +196,12 @@ class MnTui(App[None]):
         return self.query_one(TabbedContent).active
 
     # ---- polling --------------------------------------------------------------------
-    def _rearm(self, name: str, fn: Callable[[], object]) -> None:
+    def _rearm(self, name: str, fn: Callable[[], object], delay: float | None = None) -> None:
         old = self._poll_timers.pop(name, None)
         if old is not None:
             old.stop()
         if not self._closing:
-            self._poll_timers[name] = self.set_timer(self.refresh_s, fn, name=f"poll-{name}")
+            self._poll_timers[name] = self.set_timer(delay or self.refresh_s, fn, name=f"poll-{name}")
 
     @work(exclusive=True, group="cluster")
     async def poll_cluster(self) -> None:
@@ -210,7 +214,8 @@ class MnTui(App[None]):
             self.post_message(ClusterPolled(None, f"internal error: {type(e).__name__}: {e}"))
         else:
             self.post_message(ClusterPolled(st))
-        self.poll_box()
+        if "box" not in self._poll_timers and not self._closing:
+            self.poll_box()  # first scan once registrations are known; it re-arms itself
         self._rearm("cluster", self.poll_cluster)
 
     @work(exclusive=True, group="jobs")
@@ -228,7 +233,9 @@ class MnTui(App[None]):
 
     @work(exclusive=True, group="box")
     async def poll_box(self) -> None:
-        """Scheduled after each cluster poll: needs the latest registrations."""
+        """Scan this box (psutil, in a thread) against the latest registrations. A scan costs
+        real CPU on a busy box (~1 s for 1000 processes), so at most every BOX_MIN_S while the
+        pane is shown, every BOX_IDLE_S otherwise."""
         fresh = self.cluster if not self.cluster_error else None
         try:
             st = await self.provider.box(fresh)
@@ -236,6 +243,10 @@ class MnTui(App[None]):
             log.exception("box scan failed")
             st = BoxState(self.clock(), error=f"{type(e).__name__}: {e}")
         self.post_message(BoxPolled(st))
+        self._rearm("box", self.poll_box, self._box_interval())
+
+    def _box_interval(self) -> float:
+        return max(self.refresh_s, BOX_MIN_S) if self.active_tab == "box" else BOX_IDLE_S
 
     @work(exclusive=True, group="doctor")
     async def run_doctor(self) -> None:
@@ -323,13 +334,13 @@ class MnTui(App[None]):
 
     def _status(self) -> None:
         t = Text()
-        t.append("mn-tui ", style="bold")
         node = self.cluster.health.node if self.cluster and self.cluster.health else None
-        t.append(f"{node} via " if node else "", style="")
+        t.append(node or "mn-tui", style="bold")
+        t.append(" via ", style="dim")
         t.append(self.provider.api, style="cyan")
-        t.append(f" · refresh {self.refresh_s:g}s", style="dim")
+        t.append(f" · every {self.refresh_s:g}s", style="dim")
         if self.last_ok is not None:
-            t.append(f" · updated {fmt.clock(self.last_ok, self.tfn)}", style="dim")
+            t.append(f" · at {fmt.clock(self.last_ok, self.tfn)}", style="dim")
             if self.cluster_error:
                 t.append(" (stale)", style="bold red")
         if self.filter_text:
@@ -378,6 +389,9 @@ class MnTui(App[None]):
         pane_id = event.pane.id or ""
         if pane_id == "doctor" and self.doctor_report is None and not self.doctor_running:
             self.run_doctor()
+        stale = self.box_state is None or self.clock() - self.box_state.fetched_at > BOX_MIN_S
+        if pane_id == "box" and stale and self.cluster_polls:
+            self.poll_box()
         self._focus_pane(event.pane)
 
     def action_refresh(self) -> None:

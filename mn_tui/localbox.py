@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import psutil
 
-from mn_node.ports import listeners
+from mn_node.ports import PortHolder
 from mn_tui.model import BoxState, LocalProc, Member, PortCheck
 
 DEFAULT_DIST_PORT = 4370
@@ -115,10 +115,37 @@ def _verdict(p: _Proc, members: dict[str, Member] | None, names: dict[int, str],
     return "unregistered mn-node (no MIRROR_NEURON_NODE_NAME)", True
 
 
+def _listening() -> list[tuple[str, int, int | None]]:
+    """(ip, port, pid) of every TCP listener: one scan of the socket table per refresh."""
+    try:
+        conns = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, PermissionError):
+        return []
+    return [(c.laddr.ip, c.laddr.port, c.pid) for c in conns
+            if c.status == psutil.CONN_LISTEN and c.laddr]
+
+
+def _holders(table: list[tuple[str, int, int | None]], port: int, host: str) -> list[PortHolder]:
+    """Like mn_node.ports.listeners, on a table already read."""
+    out = []
+    for ip, p, pid in table:
+        if p != port or ip not in (host, "0.0.0.0", "::"):
+            continue
+        cmd = ""
+        if pid is not None:
+            try:
+                proc = psutil.Process(pid)
+                cmd = " ".join(proc.cmdline()) or proc.name()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                cmd = "?"
+        out.append(PortHolder(pid, cmd[:200], f"{ip}:{p}"))
+    return out
+
+
 def _port_check(host: str, port: int, role: str, expect: Member | None,
-                node_pids: set[int]) -> PortCheck:
+                node_pids: set[int], table: list[tuple[str, int, int | None]]) -> PortCheck:
     addr = f"{host}:{port}"
-    holders = listeners(port, host)
+    holders = _holders(table, port, host)
     if not holders:
         want = f"{expect.short} is {expect.status}" if expect else "nothing expected"
         return PortCheck(addr, role, None, "", "free", f"no listener ({want})")
@@ -172,10 +199,11 @@ def scan_box(members: Iterable[Member] | None, api_host: str, api_port: int,
             targets.append((m.address, api_port, f"API of {m.short}", m))
     if api_member is None:
         targets.append((api_host, dist_port, "dist (host of --api)", None))
+    table = _listening()
     for host, port, role, expect in targets:
         if (host, port) in seen:
             continue
         seen.add((host, port))
-        checks.append(_port_check(host, port, role, expect, node_pids))
+        checks.append(_port_check(host, port, role, expect, node_pids, table))
     note = "" if member_map is not None else "registrations unknown (node API unreachable): verdicts unverified"
     return BoxState(t, out_procs, checks, note)

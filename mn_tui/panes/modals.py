@@ -12,22 +12,24 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Static
 
 HELP = """\
-[b]mn-tui[/b]: live view of a MirrorNeuron cluster, through one node's API.
+[b]mn-tui[/b]: a live view of the cluster, through one node's API.
 
 [b]Panes[/b]
-  1  Members      every node seen this session; down nodes stay, marked DOWN
-  2  Leadership   holder, epoch, TTL left (live), history of leader changes
-  3  Jobs         status, owner, progress, executors per node; Enter: events
-  4  This box     port conflicts (dist/API), stale mn-node processes; k: kill
-  5  Doctor       mn doctor checks and fixes; r: run again
+  1  Members     every node seen; down ones stay, marked DOWN
+  2  Leadership  holder, epoch, TTL left, leader change history
+  3  Jobs        status, owner, progress, executors per node
+                 Enter: the highlighted job's events
+  4  This box    port conflicts, stale mn-node processes
+                 k: kill the highlighted pid (asks first)
+  5  Doctor      mn doctor checks with fixes; r: run again
 
 [b]Keys[/b]
-  /  filter rows (Enter keeps it, Esc clears)   r  refresh now
-  ?  this help     q  quit     Esc  back
+  /  filter rows (Enter keeps, Esc clears)    r  refresh now
+  ?  this help    q  quit    Esc  back
 
-Data refreshes every --refresh seconds in background workers: the screen
-never waits on the network. When the node or Redis cannot be reached, a red
-banner says so and polling keeps retrying.
+Polls run in background workers every --refresh seconds: keys never
+wait on the network. If the node or Redis is unreachable, a red banner
+says so and polling keeps retrying.
 """
 
 
