@@ -44,7 +44,7 @@ def ismount(p: str) -> bool:
 
 
 def main() -> None:
-    number, boxdir, name = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    boxdir, name = Path(sys.argv[2]), sys.argv[3]
     conf = json.loads((boxdir / "box.json").read_text())
     root = boxdir / "root"
     upper = boxdir / "rw"

@@ -260,7 +260,8 @@ class Fleet:
              timeout: float | None = 60) -> subprocess.CompletedProcess[str]:
         return run(self.box_argv(n, argv), check=check, timeout=timeout)
 
-    def sh(self, n: int, script: str, check: bool = False, timeout: float | None = 60) -> subprocess.CompletedProcess[str]:
+    def sh(self, n: int, script: str, check: bool = False,
+           timeout: float | None = 60) -> subprocess.CompletedProcess[str]:
         return self.exec(n, ["sh", "-c", script], check=check, timeout=timeout)
 
     def hosts(self) -> dict[str, str]:
