@@ -13,9 +13,41 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import Cluster
 from tests.support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def make_cluster(make_cluster: Callable[..., Cluster]) -> Iterator[Callable[..., Cluster]]:
+    """The shared factory, plus: every node's whole process group is killed afterwards. A node
+    SIGKILLed alone leaves its executor pool (forkserver + workers) behind as orphans."""
+    made: list[Cluster] = []
+
+    def factory(*args: object, **kw: object) -> Cluster:
+        c = make_cluster(*args, **kw)
+        made.append(c)
+        return c
+
+    try:
+        yield factory
+    finally:
+        for c in made:
+            for node in c.nodes:
+                if node.proc is not None:
+                    kill_group(node.proc)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process group led by ``proc`` (started with start_new_session=True)."""
+    try:
+        os.killpg(proc.pid, signal.SIGCONT)
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
+        proc.wait(10)
 
 
 @pytest.fixture
@@ -71,13 +103,7 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         yield start
     finally:
         for p in procs:
-            if p.poll() is None:
-                try:
-                    os.kill(p.pid, signal.SIGCONT)
-                    p.kill()
-                except ProcessLookupError:
-                    pass
-            p.wait(10)
+            kill_group(p)
 
 
 def proxy_argv(listen: tuple[str, int], target: tuple[str, int]) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -166,22 +165,15 @@ def _api_up(host: str, port: int) -> bool:
         return False
 
 
-def test_stale_process_holding_the_node_name(make_cluster) -> None:
+def test_stale_process_holding_the_node_name(make_cluster, spawn) -> None:
     c = make_cluster(3)
     healthy(c)
     stale = c.nodes[0]
     c.signal(1, signal.SIGSTOP)  # the old instance hangs (an unclean, half-dead daemon)
     try:
         # the operator starts mn1 again: refused, the name is in use
-        again = subprocess.Popen([sys.executable, "-m", "mn_node.daemon"], env=stale.env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            out, _ = again.communicate(timeout=30)
-        finally:
-            if again.poll() is None:
-                again.kill()
-                again.wait(5)
-        assert again.returncode == 69, out
+        again = spawn([sys.executable, "-m", "mn_node.daemon"], env=stale.env)
+        assert wait_gone(again, 30) == 69
         d = run_doctor(env_file_for(c, stale), "--timeout", "3")
     finally:
         c.signal(1, signal.SIGCONT)
