@@ -126,7 +126,7 @@ async def config_agreement(ctx: Context) -> Result:
                  "redis_url": redact_url(cfg.redis_url or ""), "cookie_hash": cfg.cookie_hash,
                  "fingerprint": cfg.fingerprint()}
         views.setdefault(cfg.name, local)
-    if not views:
+    if not regs:
         return warn(name, f"no node is registered in Redis namespace {ctx.namespace!r}: nothing to compare",
                     "start the nodes (systemctl start mirror-neuron on each box)")
     problems: list[str] = []
