@@ -48,7 +48,7 @@ def run_job(c: Cluster, params: dict[str, Any], poll: float = 0.05) -> tuple[flo
 def pool_baseline(params: dict[str, Any], procs: int) -> float:
     ranges = [{"start": params["start"] + k * params["chunk_size"],
                "end": params["start"] + (k + 1) * params["chunk_size"]} for k in range(params["workers"])]
-    ctx = multiprocessing.get_context("forkserver")
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(procs) as pool:
         pool.apply(os.getpid)  # start the workers before timing, as the nodes' pools are warm too
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """The executor side: runs tasks of any coordinator in this node's process pool.
 
-Tasks run in a ``ProcessPoolExecutor`` (forkserver) of MIRROR_NEURON_EXECUTOR_CAPACITY slots,
+Tasks run in a ``ProcessPoolExecutor`` (spawn, workers die with the daemon) of MIRROR_NEURON_EXECUTOR_CAPACITY slots,
 so CPU work never blocks the event loop. Each run is counted in ``{ns}:job:<id>:runs`` before
 it starts; its output is stored by ``store_result`` (conditioned on the attempt still being
 current and the job still running) before the coordinator is told.
@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +33,21 @@ STORE_RETRY_S = 30.0
 
 def _warm() -> int:
     return 0
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool-worker initializer: the kernel SIGKILLs this worker when the daemon dies, even by
+    SIGKILL (PR_SET_PDEATHSIG), so a crashed node never leaves its pool behind."""
+    import ctypes
+    import signal as _signal
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(_signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the daemon died before prctl took effect
+        os._exit(1)
 
 
 @dataclass
@@ -66,8 +82,11 @@ class ExecutorService:
         return sum(1 for r in self.runs.values() if r.started)
 
     def start(self) -> None:
-        ctx = multiprocessing.get_context("forkserver")
-        self._pool = ProcessPoolExecutor(max_workers=self.capacity, mp_context=ctx)
+        # spawn (not fork: the daemon has threads; not forkserver: a forkserver outlives a
+        # SIGKILLed daemon and keeps its workers alive), workers tied to our life by PDEATHSIG
+        ctx = multiprocessing.get_context("spawn")
+        self._pool = ProcessPoolExecutor(max_workers=self.capacity, mp_context=ctx,
+                                         initializer=_die_with_parent, initargs=(os.getpid(),))
         for _ in range(self.capacity):
             self._pool.submit(_warm)
 
