@@ -10,8 +10,9 @@ from tests.support.redis import RedisServer
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
-    srv = RedisServer().start()
+    srv = RedisServer()
     try:
+        srv.start()
         yield srv
     finally:
         srv.cleanup()

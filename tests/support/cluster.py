@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.redis import die_with_parent
 from tests.support.wait import wait_until
 
 
@@ -101,7 +102,7 @@ class Cluster:
         with open(node.log, "ab") as logf:
             node.proc = subprocess.Popen(
                 [sys.executable, "-m", "mn_node.daemon"], env=node.env, stdout=logf, stderr=logf,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent,
             )
         return node
 

@@ -25,6 +25,13 @@ def server_binary() -> str:
     return str(get_binary_path())
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the kernel kills the child if the test process dies (even by SIGKILL)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -59,8 +66,12 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        wait_until(self._pingable, 10, f"redis on {self.host}:{self.port} to answer")
+                                     start_new_session=True, preexec_fn=die_with_parent)
+        try:
+            wait_until(self._pingable, 20, f"redis on {self.host}:{self.port} to answer")
+        except BaseException:
+            self.kill9()
+            raise
         return self
 
     def _pingable(self) -> bool:
