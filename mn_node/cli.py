@@ -204,8 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     # `mn [global opts] doctor ...` hands everything after "doctor" to the doctor's own parser
     if "doctor" in argv:
         i = argv.index("doctor")
+        passed: list[str] = []
+        head = argv[:i]
+        for j, a in enumerate(head):  # `mn --api X doctor`: the doctor honours the global options
+            for opt in ("--api", "--env-file", "--timeout"):
+                if a == opt and j + 1 < len(head):
+                    passed += [opt, head[j + 1]]
+                elif a.startswith(opt + "="):
+                    passed.append(a)
         try:
-            return cmd_doctor(argv[i + 1:])
+            return cmd_doctor(passed + argv[i + 1:])
         except MirrorNeuronError as e:
             print(f"mn doctor: {e}", file=sys.stderr)
             return e.exit_code
