@@ -19,6 +19,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import RedisError, WatchError
+
 from mn_node.errors import LinkError, RedisUnavailable
 from mn_node.jobs import tasks
 from mn_node.jobs.state import JobKeys
@@ -72,6 +74,7 @@ class ExecutorService:
         self.cancelled: set[str] = set()
         self.completed = 0
         self.refused = 0
+        self.skipped = 0
         self.local_done: Callable[[dict[str, Any]], None] | None = None
         links.register("exec.run", self.on_run)
         links.register("exec.status", self.on_status)
@@ -146,7 +149,11 @@ class ExecutorService:
                 if run.job_id in self.cancelled:
                     return
                 run.started = True
-                await self.store.guard(self.store.r.hincrby(k.runs, run.agent, 1))
+                if not await self._claim_start(run, k):
+                    self.skipped += 1
+                    log.info("not starting %s/%s attempt %d: no longer the current attempt of a running job",
+                             run.job_id, run.agent, run.attempt)
+                    return
                 loop = asyncio.get_running_loop()
                 assert self._pool is not None
                 t0 = time.monotonic()
@@ -169,6 +176,36 @@ class ExecutorService:
         finally:
             if self.runs.get(key) is run:
                 del self.runs[key]
+
+    async def _claim_start(self, run: Run, k: JobKeys) -> bool:
+        """Count this start in ``runs`` only if the attempt is still the dispatched one of a
+        running job (WATCH/MULTI, so atomically). A request that arrives late (e.g. it sat in
+        the socket buffer of a paused node while the coordinator gave up on the call and
+        replayed the agent elsewhere) is dropped instead of re-running a completed executor;
+        its result would have been refused by ``store_result`` anyway."""
+        try:
+            async with self.store.r.pipeline(transaction=True) as pipe:
+                for _ in range(100):
+                    try:
+                        await pipe.watch(k.job, k.agents)
+                        status = await pipe.hget(k.job, "status")
+                        raw = await pipe.hget(k.agents, run.agent)
+                        st = json.loads(raw) if raw else {}
+                        if status != "running" or st.get("status") != "dispatched" \
+                                or int(st.get("attempt", -1)) != run.attempt:
+                            await pipe.unwatch()  # type: ignore[no-untyped-call]
+                            return False
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        pipe.hincrby(k.runs, run.agent, 1)
+                        await pipe.execute()
+                        self.store.available = True
+                        return True
+                    except WatchError:
+                        continue  # another agent of the job changed meanwhile: look again
+        except (TimeoutError, RedisError, OSError) as e:
+            self.store.mark_error(e)
+            raise RedisUnavailable(f"redis unreachable: {e}") from None
+        raise RedisUnavailable(f"could not record the start of {run.job_id}/{run.agent}: too much contention")
 
     async def _store(self, run: Run, k: JobKeys, output: Any, outcome: str, err: str) -> None:
         deadline = time.monotonic() + STORE_RETRY_S
