@@ -1,0 +1,194 @@
+"""The system under test: one redis-server and N mn-node processes, each in its own namespace.
+
+Processes are started through ``nsenter --net=...``, which execs, so ``Popen.pid`` is the
+real server / daemon PID: SIGKILL, SIGSTOP and SIGCONT go to exactly the process we started.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from tests.faults.netns import Net
+from tests.support.redis import server_binary
+
+REDIS_PORT = 6379
+
+
+@dataclass
+class RedisProc:
+    net: Net
+    dir: Path
+    appendfsync: str = "always"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.net.redis_addr}:{REDIS_PORT}/0"
+
+    def client(self, timeout: float = 1.0) -> redis.Redis:
+        return redis.Redis(host=self.net.redis_addr, port=REDIS_PORT, decode_responses=True,
+                           socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        args = [*self.net.nsenter(self.net.redis_ns), server_binary(), "--port", str(REDIS_PORT),
+                "--bind", self.net.redis_addr, "--dir", str(self.dir), "--save", "",
+                "--appendonly", "yes", "--appendfsync", self.appendfsync,
+                "--maxmemory-policy", "noeviction", "--logfile", str(self.dir / "redis.log"),
+                "--daemonize", "no", "--protected-mode", "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def pingable(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class NodeProc:
+    index: int
+    name: str
+    addr: str
+    ns: str
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    expected_exit: bool = True  # False while running: an exit we did not cause is a finding
+
+    @property
+    def api(self) -> str:
+        return f"http://{self.addr}:4000"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class NodeSet:
+    net: Net
+    redis_url: str
+    workdir: Path
+    namespace: str
+    cookie: str = field(default_factory=lambda: base64.b64encode(os.urandom(32)).decode())
+    capacity: int = 1
+    nodes: list[NodeProc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for k in range(1, self.net.nodes + 1):
+            addr = self.net.node_addr(k)
+            self.nodes.append(NodeProc(k, f"mn{k}@{addr}", addr, self.net.node_ns(k), self.workdir / f"mn{k}.log"))
+
+    @property
+    def node_list(self) -> str:
+        return ",".join(n.name for n in self.nodes)
+
+    def env(self, node: NodeProc) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MIRROR_NEURON_")}
+        env.update({
+            "MIRROR_NEURON_COOKIE": self.cookie,
+            "MIRROR_NEURON_CLUSTER_NODES": self.node_list,
+            "MIRROR_NEURON_NODE_NAME": node.name,
+            "MIRROR_NEURON_REDIS_URL": self.redis_url,
+            "MIRROR_NEURON_REDIS_NAMESPACE": self.namespace,
+            "MIRROR_NEURON_API_BIND": node.addr,
+            "MIRROR_NEURON_DISCOVERY": "static",
+            "MIRROR_NEURON_EXECUTOR_CAPACITY": str(self.capacity),
+            "MIRROR_NEURON_LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def start(self, node: NodeProc) -> None:
+        with open(node.log, "ab") as logf:
+            logf.write(f"\n===== start #{node.starts + 1} at {time.time():.3f} =====\n".encode())
+            logf.flush()
+            node.proc = subprocess.Popen(
+                [*self.net.nsenter(node.ns), sys.executable, "-m", "mn_node.daemon"],
+                env=self.env(node), stdout=logf, stderr=logf, start_new_session=True,
+            )
+        node.starts += 1
+        node.expected_exit = False
+
+    def signal(self, node: NodeProc, sig: int) -> None:
+        if node.alive():
+            assert node.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.proc.pid, sig)
+
+    def kill9(self, node: NodeProc) -> None:
+        node.expected_exit = True
+        if node.alive():
+            assert node.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.proc.pid, signal.SIGCONT)
+                node.proc.send_signal(signal.SIGKILL)
+            node.proc.wait(10)
+
+    def terminate(self, node: NodeProc, timeout: float = 15.0) -> int | None:
+        node.expected_exit = True
+        if node.proc is None:
+            return None
+        if node.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.proc.pid, signal.SIGCONT)
+                node.proc.terminate()
+        try:
+            return node.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            node.proc.kill()
+            return node.proc.wait(5)
+
+    def unexpected_exits(self) -> list[tuple[NodeProc, int]]:
+        out = []
+        for n in self.nodes:
+            if n.proc is not None and not n.expected_exit:
+                rc = n.proc.poll()
+                if rc is not None:
+                    out.append((n, rc))
+        return out
+
+    def cleanup(self) -> None:
+        for n in self.nodes:
+            if n.alive():
+                self.kill9(n)
+
+    def log_tail(self, node: NodeProc, chars: int = 3000) -> str:
+        try:
+            return node.log.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
