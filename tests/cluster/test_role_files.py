@@ -21,7 +21,8 @@ def test_unit_template_renders_the_canonical_unit() -> None:
     header, _, body = src.partition("\n")
     assert "ansible_managed" in header
     env = jinja2.Environment(keep_trailing_newline=True, trim_blocks=True, undefined=jinja2.StrictUndefined)
-    rendered = env.from_string(body).render(**defaults("mirror_neuron"), mirror_neuron_python_real="/usr/bin/python3.11")
+    variables = {**defaults("mirror_neuron"), "mirror_neuron_python_real": "/usr/bin/python3.11"}
+    rendered = env.from_string(body).render(**variables)
     assert rendered == (ROOT / "systemd/mirror-neuron.service").read_text()
 
 
