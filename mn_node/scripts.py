@@ -204,6 +204,23 @@ redis.call('HSET', KEYS[1], 'updated_ms', st['finished_ms'])
 return {1, st['status']}
 """
 
+# KEYS: job hash, agents hash, runs hash ; ARGV: agent id, attempt
+# Counts a start in the runs hash only while the attempt is the dispatched one of a running job:
+# a request that arrives late (it sat in a paused node's socket buffer while the coordinator
+# replayed the agent elsewhere) is refused instead of re-running a completed executor.
+CLAIM_START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return {0, 'job is ' .. tostring(status)} end
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+if not raw then return {0, 'unknown agent'} end
+local st = cjson.decode(raw)
+if st['status'] ~= 'dispatched' or tonumber(st['attempt']) ~= tonumber(ARGV[2]) then
+  return {0, 'attempt ' .. ARGV[2] .. ' is not current (agent is ' .. tostring(st['status']) ..
+    ' attempt ' .. tostring(st['attempt']) .. ')'}
+end
+return {1, redis.call('HINCRBY', KEYS[3], ARGV[1], 1)}
+"""
+
 # KEYS: job hash, job events stream, active set ; ARGV: job id, node, reason
 CANCEL_JOB = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -230,5 +247,6 @@ ALL = {
     "unregister": UNREGISTER,
     "job_write": JOB_WRITE,
     "store_result": STORE_RESULT,
+    "claim_start": CLAIM_START,
     "cancel_job": CANCEL_JOB,
 }

@@ -19,8 +19,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError, WatchError
-
 from mn_node.errors import LinkError, RedisUnavailable
 from mn_node.jobs import tasks
 from mn_node.jobs.state import JobKeys
@@ -178,34 +176,13 @@ class ExecutorService:
                 del self.runs[key]
 
     async def _claim_start(self, run: Run, k: JobKeys) -> bool:
-        """Count this start in ``runs`` only if the attempt is still the dispatched one of a
-        running job (WATCH/MULTI, so atomically). A request that arrives late (e.g. it sat in
-        the socket buffer of a paused node while the coordinator gave up on the call and
-        replayed the agent elsewhere) is dropped instead of re-running a completed executor;
-        its result would have been refused by ``store_result`` anyway."""
-        try:
-            async with self.store.r.pipeline(transaction=True) as pipe:
-                for _ in range(100):
-                    try:
-                        await pipe.watch(k.job, k.agents)
-                        status = await pipe.hget(k.job, "status")
-                        raw = await pipe.hget(k.agents, run.agent)
-                        st = json.loads(raw) if raw else {}
-                        if status != "running" or st.get("status") != "dispatched" \
-                                or int(st.get("attempt", -1)) != run.attempt:
-                            await pipe.unwatch()  # type: ignore[no-untyped-call]
-                            return False
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        pipe.hincrby(k.runs, run.agent, 1)
-                        await pipe.execute()
-                        self.store.available = True
-                        return True
-                    except WatchError:
-                        continue  # another agent of the job changed meanwhile: look again
-        except (TimeoutError, RedisError, OSError) as e:
-            self.store.mark_error(e)
-            raise RedisUnavailable(f"redis unreachable: {e}") from None
-        raise RedisUnavailable(f"could not record the start of {run.job_id}/{run.agent}: too much contention")
+        """Count this start (``claim_start`` script) only if the attempt is still the dispatched
+        one of a running job; a late request is dropped instead of re-running a completed
+        executor (its result would be refused by ``store_result`` anyway)."""
+        res = await self.store.call("claim_start", [k.job, k.agents, k.runs], [run.agent, run.attempt])
+        if int(res[0]) != 1:
+            log.debug("claim of %s/%s attempt %d refused: %s", run.job_id, run.agent, run.attempt, res[1])
+        return int(res[0]) == 1
 
     async def _store(self, run: Run, k: JobKeys, output: Any, outcome: str, err: str) -> None:
         deadline = time.monotonic() + STORE_RETRY_S
