@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from mn_node import __version__
 from mn_node.config import api_token
@@ -43,7 +44,9 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         expected = api_token(node.cfg.cookie)
         got = request.headers.get("Authorization", "")
         scheme, _, token = got.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        # header values may carry any bytes (surrogate-escaped): "replace" can never make a match
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8", "replace"),
+                                                                 expected.encode()):
             return error(401, "missing or wrong bearer token",
                          "send Authorization: Bearer <token>; `mn` derives it from MIRROR_NEURON_COOKIE")
     try:
@@ -53,6 +56,10 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
             raise
         fix = "see the routes under /api/v1 (README)" if e.status in (404, 405) else ""
         return error(e.status, f"{e.reason}: {request.method} {request.path[:200]}", fix)
+    except (ConnectionResetError, BadHttpMessage) as e:
+        # the body ended early or was framed wrongly (the client is usually gone): its fault, not ours
+        log.debug("API request %s %s: bad or incomplete body: %s", request.method, request.path, e)
+        return error(400, f"request body incomplete or malformed: {e}"[:300], "send the whole body it announces")
     except RedisUnavailable as e:
         return error(503, str(e), "check that Redis is running and reachable from this node (mn doctor)")
     except MirrorNeuronError as e:
@@ -61,6 +68,21 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     except Exception:
         log.exception("API handler failed on %s %s", request.method, request.path)
         return error(500, "internal error (see the node's log)")
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON; raises :class:`web.HTTPException` (answered as a JSON 4xx by
+    the middleware) for a body that is not JSON, not in its declared charset, or too deep."""
+    try:
+        return await request.json(loads=json.loads)
+    except LookupError:
+        raise web.HTTPUnsupportedMediaType(reason=f"unknown charset {ascii(request.charset)[:60]}") from None
+    except UnicodeDecodeError as e:
+        raise web.HTTPBadRequest(reason=f"body is not valid {e.encoding}") from None
+    except RecursionError:
+        raise web.HTTPBadRequest(reason="body is nested too deeply") from None
+    except ValueError as e:
+        raise web.HTTPBadRequest(reason=f"body is not valid JSON ({str(e)[:80]})") from None
 
 
 async def health(request: web.Request) -> web.Response:

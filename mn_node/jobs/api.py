@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from mn_node.api import NODE_KEY, error, json_response
+from mn_node.api import NODE_KEY, error, json_response, read_json
 from mn_node.errors import DataError
 from mn_node.jobs import blueprints, tasks
 from mn_node.jobs.manifest import validate
@@ -29,6 +29,15 @@ if TYPE_CHECKING:
     from mn_node.daemon import Node
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+_STREAM_ID = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$")
+
+
+def _stream_id_ok(value: str) -> bool:
+    """``-``, ``0``, empty, or a Redis stream ID ``ms[-seq]`` that fits Redis' 64-bit fields."""
+    if value in ("-", "0", ""):
+        return True
+    m = _STREAM_ID.match(value)
+    return m is not None and all(int(g) < 2**64 for g in m.groups() if g is not None)
 
 
 def _node(request: web.Request) -> Node:
@@ -45,9 +54,9 @@ def _need_redis(node: Node) -> web.Response | None:
 async def submit(request: web.Request) -> web.Response:
     node = _node(request)
     try:
-        body = await request.json(loads=json.loads)
-    except ValueError:
-        return error(400, "body is not valid JSON", 'send {"blueprint": "prime_sweep_scale", "params": {...}} '
+        body = await read_json(request)
+    except web.HTTPException as e:
+        return error(e.status, e.reason, 'send {"blueprint": "prime_sweep_scale", "params": {...}} '
                      'or {"manifest": {...}}')
     if not isinstance(body, dict):
         return error(400, "body is not a JSON object", 'send {"blueprint": ..., "params": ...} or {"manifest": ...}')
@@ -121,6 +130,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     job_id, h = found
     node = _node(request)
     after = request.query.get("after", "-")
+    if not _stream_id_ok(after):
+        return error(400, f"after: {after[:80]!r} is not an event id", "use the id of an event, e.g. 1700000000000-0")
     if request.query.get("follow") not in ("1", "true"):
         return json_response({"events": await job_events(node.store, job_id, after)})
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})

@@ -11,7 +11,9 @@ DEFAULT_START = 1_000_003
 
 
 def _int_param(params: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
-    v = params.get(name, default)
+    v = params.get(name)
+    if v is None:  # absent or null: the default
+        v = default
     if v is None:
         return None
     if isinstance(v, str) and v.strip().lstrip("-").isdigit():

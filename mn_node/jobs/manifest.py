@@ -154,7 +154,7 @@ def validate(data: Any, known_tasks: set[str] | None = None) -> Manifest:
         if not isinstance(e, dict):
             raise _err(path, "is not an object", "give from_node and to_node")
         for end in ("from_node", "to_node"):
-            if e.get(end) not in agents:
+            if not isinstance(e.get(end), str) or e[end] not in agents:
                 raise _err(f"{path}.{end}", f"dangling edge: no agent {e.get(end)!r}",
                            "point it at a node_id listed in nodes")
         edges.append((str(e["from_node"]), str(e["to_node"])))
@@ -165,7 +165,7 @@ def validate(data: Any, known_tasks: set[str] | None = None) -> Manifest:
     if not isinstance(entry, list) or not entry:
         raise _err("entrypoints", "missing or empty", "name the agents that receive the initial inputs")
     for i, aid in enumerate(entry):
-        if aid not in agents:
+        if not isinstance(aid, str) or aid not in agents:
             raise _err(f"entrypoints[{i}]", f"no agent {aid!r}", "name an agent listed in nodes")
         if any(b == aid for _, b in edges):
             raise _err(f"entrypoints[{i}]", f"{aid!r} has incoming edges", "entrypoints must be sources of the graph")

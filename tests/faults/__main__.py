@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
         out = fuzz_http_standalone(args.seed, args.per_route)
         print(json.dumps({k: v for k, v in out.items() if k != "bad"}, indent=2))
-        for b in out["bad"][:20]:
+        for b in out["bad"]:
             print("BAD:", b)
         return 0 if not out["bad"] else 1
     return 2
