@@ -87,6 +87,7 @@ class Store:
     async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run a script by name; connection problems become :class:`RedisUnavailable`,
         fencing refusals :class:`FencedWriteRefused`."""
+        await self._settle_restart()
         try:
             res = await self.s[name](keys=keys, args=args)
         except ResponseError as e:
@@ -98,6 +99,13 @@ class Store:
             raise RedisUnavailable(f"redis unreachable: {_describe(e)}") from None
         self.available = True
         return res
+
+    async def _settle_restart(self) -> None:
+        """After a connection error, learn whether the server restarted *before* running
+        anything on it: the restart callbacks (all leases lost) must fire before a lease is
+        granted by the new server, or they would drop that fresh lease too."""
+        if self._suspect_restart and not await self.check():
+            raise RedisUnavailable(f"redis unreachable: {self.last_error}")
 
     async def guard(self, coro: Any) -> Any:
         """Await a plain redis-py call, mapping connection errors to RedisUnavailable."""

@@ -212,3 +212,23 @@ async def test_redis_restart_loses_all_leases(stores: Callable[[], Store], redis
     await async_wait_until(s.check, 10, "redis to answer again")
     assert la.is_lost and la.lost_reason == "redis restarted"
     assert m.held == {}
+
+
+async def test_lease_granted_by_a_restarted_redis_is_kept(
+    stores: Callable[[], Store], redis_server: RedisServer
+) -> None:
+    """The first script after a reconnect runs only once the restart has been noticed, so the
+    "all leases lost" reaction cannot drop a lease the new server just granted."""
+    s = stores()
+    m = LeaseManager(s, "a@h", "inc-a", 30_000, 1000)
+    old = await acquired(m, "cluster:leader")
+    assert await s.check()
+    await s.r.connection_pool.disconnect()
+    redis_server.stop()
+    redis_server.start()  # same port and dir; the AOF holds the old lease
+    await s.r.delete(old.key)  # lease expired while the server was down
+    s.mark_error(ConnectionError("test: connection dropped"))  # as the renew loop would
+    fresh = await acquired(m, "job:1")  # no check() in between
+    assert old.is_lost and old.lost_reason == "redis restarted"
+    assert not fresh.is_lost and m.held == {"job:1": fresh}
+    assert await s.r.get(fresh.key) == fresh.token

@@ -113,8 +113,11 @@ def test_sigstop_of_owner_past_ttl_then_sigcont(make_cluster):
     victim = c.node_named(owner)
     done_before = _kill_mid_run(c, job_id, victim.index, signal.SIGSTOP)
     try:
-        wait_until(lambda: (job(c, job_id).get("lease") or {}).get("node") not in (None, owner), 30,
-                   "another node to take the job over")
+        # read Redis, not the API: the first live node may be the stopped one, and the job may
+        # already be completed (lease released) by its new owner when we look
+        r = rclient(c)
+        wait_until(lambda: int(r.hget(f"{c.namespace}:job:{job_id}", "epoch") or 0) > 1, 30,
+                   "another node to take the job over (job epoch > 1)")
     finally:
         c.signal(victim.index, signal.SIGCONT)
     j = wait_done(c, job_id)
