@@ -2,7 +2,7 @@
 
     python -m tests.faults run --seed 7 --minutes 5 [--nodes 3] [--keep] [--json out.json]
     python -m tests.faults check /path/to/history.jsonl
-    python -m tests.faults fuzz --inputs 1000000 [--seed 1]
+    python -m tests.faults fuzz --inputs 1000000 [--seed 1] [--mutations 15]
     python -m tests.faults fuzz-http [--seed 1]
 
 Exit status: 0 no violation / no crash, 1 violations or crashes, 77 not root.
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("fuzz", help="fuzz the link frame decoder and handshake (hypothesis)")
     f.add_argument("--inputs", type=int, default=1_000_000)
     f.add_argument("--seed", type=int, default=1)
+    f.add_argument("--mutations", type=int, default=15,
+                   help="random mutations fed per hypothesis example (0: hypothesis examples only)")
     h = sub.add_parser("fuzz-http", help="malformed requests on every API route of a live node")
     h.add_argument("--seed", type=int, default=1)
     h.add_argument("--per-route", type=int, default=60)
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "fuzz":
         from tests.faults.fuzz import fuzz_link
 
-        out = fuzz_link(args.inputs, args.seed)
+        out = fuzz_link(args.inputs, args.seed, mutations=args.mutations)
         print(json.dumps(out, indent=2))
         return 0 if not out["crashes"] else 1
     if args.cmd == "fuzz-http":

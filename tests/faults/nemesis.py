@@ -43,15 +43,18 @@ class Fault:
     graceful: bool = False
 
 
-def schedule(seed: int, nodes: int, ttl_s: float) -> Callable[[], Fault]:
+def schedule(seed: int, nodes: int, ttl_s: float, kinds: tuple[str, ...] = FAULTS) -> Callable[[], Fault]:
     rng = random.Random(seed)
     deck: list[str] = []
     count = 0
+    unknown = set(kinds) - set(FAULTS)
+    if unknown or not kinds:
+        raise ValueError(f"fault kinds must be a non-empty subset of {FAULTS}, not {kinds}")
 
     def next_fault() -> Fault:
         nonlocal count
         if not deck:
-            deck.extend(FAULTS)
+            deck.extend(kinds)
             rng.shuffle(deck)
         kind = deck.pop()
         count += 1

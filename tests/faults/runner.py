@@ -45,6 +45,9 @@ class Options:
     capacity: int = 1
     drain_timeout: float = 240.0
     quiet: bool = False
+    faults: tuple[str, ...] = FAULTS  # the nemesis' fault kinds; () = no nemesis (workload only)
+    node_module: str = "mn_node.daemon"  # tests only: e.g. tests.faults.broken_node
+    node_env: dict[str, str] | None = None  # extra environment for every node
 
 
 @dataclass
@@ -64,11 +67,17 @@ def _log(opts: Options, msg: str) -> None:
         print(f"[faults {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+class Abort(RuntimeError):
+    """Raised by a wait condition that can never become true (e.g. a daemon exited)."""
+
+
 def _wait(what: str, fn: Any, timeout: float, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         try:
             v = fn()
+        except Abort:
+            raise
         except Exception:
             v = None
         if v:
@@ -92,22 +101,28 @@ def run(opts: Options) -> Result:
     net = Net(prefix, f"10.88.{salt.randint(1, 254)}", opts.nodes)
     rds = RedisProc(net, workdir / "redis", appendfsync=opts.appendfsync)
     ns = f"mnf{opts.seed}x{salt.randrange(10**6)}"
-    nodes = NodeSet(net, rds.url, workdir, ns, capacity=opts.capacity)
+    nodes = NodeSet(net, rds.url, workdir, ns, capacity=opts.capacity, node_module=opts.node_module,
+                    extra_env=dict(opts.node_env or {}))
     samplers: list[Any] = []
     old_term = signal.signal(signal.SIGTERM, _terminate_on_signal)
     leftovers: list[str] = []
     t_begin = time.monotonic()
     try:
         hist.add("run", seed=opts.seed, minutes=opts.minutes, nodes=opts.nodes, namespace=ns, prefix=prefix,
-                 subnet=net.subnet, appendfsync=opts.appendfsync, wall=time.time())
+                 subnet=net.subnet, appendfsync=opts.appendfsync, wall=time.time(), faults=list(opts.faults),
+                 node_module=opts.node_module, node_env=opts.node_env or {})
         net.create()
         net.enter_ctl()
         rds.start()
         _wait("redis", rds.pingable, 20)
         for n in nodes.nodes:
             nodes.start(n)
-        _wait("every node's API", lambda: all(http_get(n.api + "/api/v1/health")[0] in (200, 503)
-                                              for n in nodes.nodes), 60)
+        def apis_up() -> bool:
+            for n, rc in nodes.unexpected_exits():
+                raise Abort(f"{n.name} exited with {rc} at start: {nodes.log_tail(n, 1500)}")
+            return all(http_get(n.api + "/api/v1/health")[0] in (200, 503) for n in nodes.nodes)
+
+        _wait("every node's API", apis_up, 60)
         _wait("a leader", lambda: rds.client().get(f"{ns}:lease:cluster:leader"), 30)
         _log(opts, f"cluster up: {opts.nodes} nodes in namespaces {prefix}-*, redis {rds.url}, history {hist_path}")
 
@@ -119,10 +134,13 @@ def run(opts: Options) -> Result:
             s.start()
 
         nem = Nemesis(hist, net, rds, nodes, TTL_S)
-        next_fault = schedule(opts.seed, opts.nodes, TTL_S)
+        next_fault = schedule(opts.seed, opts.nodes, TTL_S, opts.faults) if opts.faults else None
         stop_at = time.monotonic() + opts.minutes * 60
         time.sleep(min(3.0, opts.minutes * 6))  # a calm start: the workload gets going first
-        while time.monotonic() < stop_at:
+        while next_fault is None and time.monotonic() < stop_at:
+            time.sleep(min(1.0, max(0.0, stop_at - time.monotonic())))  # no nemesis: the run's duration
+            nem.restart_crashed()
+        while next_fault is not None and time.monotonic() < stop_at:
             f = next_fault()
             nem.run_one(f, stop_at)
             _log(opts, f"fault #{f.n} {f.type} target={f.target or 'redis'} hold={f.hold}s "

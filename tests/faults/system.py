@@ -106,6 +106,8 @@ class NodeSet:
     namespace: str
     cookie: str = field(default_factory=lambda: base64.b64encode(os.urandom(32)).decode())
     capacity: int = 1
+    node_module: str = "mn_node.daemon"  # tests only: a wrapper module that patches, then runs the daemon
+    extra_env: dict[str, str] = field(default_factory=dict)
     nodes: list[NodeProc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -131,6 +133,10 @@ class NodeSet:
             "MIRROR_NEURON_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         })
+        if self.node_module != "mn_node.daemon":  # a tests.* wrapper must be importable in the namespace
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                              env.get("PYTHONPATH", "")]))
+        env.update(self.extra_env)
         return env
 
     def start(self, node: NodeProc) -> None:
@@ -138,7 +144,7 @@ class NodeSet:
             logf.write(f"\n===== start #{node.starts + 1} at {time.time():.3f} =====\n".encode())
             logf.flush()
             node.proc = subprocess.Popen(
-                [*self.net.nsenter(node.ns), sys.executable, "-m", "mn_node.daemon"],
+                [*self.net.nsenter(node.ns), sys.executable, "-m", self.node_module],
                 env=self.env(node), stdout=logf, stderr=logf, start_new_session=True,
             )
         node.starts += 1
