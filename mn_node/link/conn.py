@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -25,10 +26,29 @@ TICK, TOCK, SEND, CALL, REPLY, LEAVE, BATCH = range(7)
 MAX_PLAINTEXT = MAX_FRAME - 64
 """Largest plaintext of one frame: a msgpack array (array32 header) of packed messages."""
 _ARRAY32 = b"\xdd"
+_FRAME_HEAD = _ARRAY32 + b"\0\0\0\0"
+"""Plaintext of a frame starts with an array32 header whose count is patched in at flush."""
+_COUNT = struct.Struct(">I")
 FLUSH_BYTES = 256 * 1024
 """Flush at once (instead of at the end of this loop iteration) past this many queued bytes."""
+_RUN_HEADERS_MAX = 1024
 WRITE_BUFFER_LIMIT = 64 * 1024 * 1024
 """A peer that lets this much pile up unread is too slow: its link is dropped."""
+
+
+_run_headers: dict[str, bytes] = {}
+
+
+def _run_header(mailbox: str) -> bytes:
+    """Packed ``[BATCH, mailbox, array32 ...`` with a zero count, patched when the run closes."""
+    head = _run_headers.get(mailbox)
+    if head is None:
+        if len(_run_headers) >= _RUN_HEADERS_MAX:
+            _run_headers.clear()
+        head = _run_headers[mailbox] = (
+            b"\x93" + msgpack.packb(BATCH) + msgpack.packb(mailbox, use_bin_type=True) + _FRAME_HEAD
+        )
+    return head
 
 
 class Conn(asyncio.Protocol):
@@ -50,8 +70,13 @@ class Conn(asyncio.Protocol):
         self.close_reason = ""
         self.error: LinkError | None = None
         self._hs_timer: asyncio.TimerHandle | None = None
-        self._out: list[bytes] = []
-        self._out_n = 0
+        # outgoing plaintext of the next frame: array32 header, then packed messages; a run of
+        # messages to one mailbox is one BATCH item whose count is patched in when it closes
+        self.out = bytearray(_FRAME_HEAD)
+        self._items = 0
+        self.run_mailbox: str | None = None
+        self.run_count = 0
+        self._run_at = 0
         self._flush_handle: asyncio.Handle | None = None
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -199,12 +224,14 @@ class Conn(asyncio.Protocol):
         """One encrypted frame = one msgpack array of messages: decrypt, unpack in one C call,
         dispatch (SEND and BATCH on a fast path: this is the throughput-critical loop)."""
         assert self.session is not None
-        plain = self.session.recv.decrypt(frame)
+        plain = self.session.recv.open(frame)
         self.bytes_in += len(frame) + 4
         try:
             msgs = msgpack.unpackb(plain, raw=False, strict_map_key=False)
         except Exception as e:  # msgpack raises many types on malformed input
             raise ProtocolError(f"malformed frame ({type(e).__name__})") from None
+        finally:
+            plain.release()
         if type(msgs) is not list:
             raise ProtocolError("frame is not an array of messages")
         self.msgs_in += len(msgs)
@@ -213,16 +240,34 @@ class Conn(asyncio.Protocol):
         peer = self.session.peer_node
         try:
             for msg in msgs:
-                if type(msg) is list and len(msg) == 3 and msg[0] == SEND:
-                    handler = mailboxes.get(msg[1])
-                    if handler is not None:
-                        try:
-                            res = handler(peer, msg[2])
-                            if res is not None:
-                                m.handled(res, msg[1])
-                        except Exception:
-                            log.exception("mailbox %s handler failed on a message from %s", msg[1], peer)
-                        continue
+                if type(msg) is list and len(msg) == 3:
+                    kind = msg[0]
+                    if kind == BATCH:
+                        handler = mailboxes.get(msg[1])
+                        items = msg[2]
+                        if handler is not None and type(items) is list:
+                            self.msgs_in += len(items) - 1
+                            for item in items:
+                                try:
+                                    res = handler(peer, item)
+                                except Exception:
+                                    log.exception("mailbox %s handler failed on a message from %s", msg[1], peer)
+                                    continue
+                                if res is not None:
+                                    m.handled(res, msg[1])
+                            if self.state == "closed":
+                                return
+                            continue
+                    elif kind == SEND:
+                        handler = mailboxes.get(msg[1])
+                        if handler is not None:
+                            try:
+                                res = handler(peer, msg[2])
+                                if res is not None:
+                                    m.handled(res, msg[1])
+                            except Exception:
+                                log.exception("mailbox %s handler failed on a message from %s", msg[1], peer)
+                            continue
                 m.dispatch(self, msg)
                 if self.state == "closed":
                     return
@@ -237,46 +282,97 @@ class Conn(asyncio.Protocol):
         if self.state != "up":
             raise LinkError(f"link to {self.peer} is not up")
         n = len(packed)
-        if n > MAX_PLAINTEXT:
+        if n > MAX_PLAINTEXT - len(_FRAME_HEAD):
             raise ProtocolError(f"message of {n} bytes exceeds the {MAX_PLAINTEXT}-byte maximum")
-        self._out.append(packed)
-        self._out_n += n
+        if self.run_mailbox is not None:
+            self._close_run()
+        if len(self.out) + n > MAX_PLAINTEXT:
+            self.flush()
+        self.out += packed
+        self._items += 1
         self.msgs_out += count
-        if self._out_n >= FLUSH_BYTES:
+        self._appended()
+
+    def push(self, mailbox: str, packed: bytes | memoryview, count: int = 1) -> None:
+        """Append ``count`` packed messages for ``mailbox`` to the open run of messages to that
+        mailbox (one BATCH item on the wire), opening a new run if needed. The manager's
+        ``send`` appends to an open run itself; this is the general path."""
+        if self.state != "up":
+            raise LinkError(f"link to {self.peer} is not up")
+        n = len(packed)
+        out = self.out
+        if self.run_mailbox != mailbox or len(out) + n > MAX_PLAINTEXT:
+            head = _run_header(mailbox)
+            if len(head) + n > MAX_PLAINTEXT - len(_FRAME_HEAD):
+                raise ProtocolError(
+                    f"message of {n} bytes exceeds the {MAX_PLAINTEXT - len(_FRAME_HEAD) - len(head)}-byte maximum"
+                )
+            if self.run_mailbox is not None:
+                self._close_run()
+            if len(out) + len(head) + n > MAX_PLAINTEXT:
+                self.flush()
+                out = self.out
+            out += head
+            self._items += 1
+            self._run_at = len(out) - 4
+            self.run_mailbox = mailbox
+        out += packed
+        self.run_count += count
+        self._appended()
+
+    def overflow(self, last: int) -> None:
+        """The manager's ``send`` appended a message of ``last`` bytes to the open run and the
+        buffer reached FLUSH_BYTES: flush it, unless that message pushed the buffer past the
+        frame maximum; then take it back out and queue it through :meth:`push` (which flushes
+        first, or refuses a message too big for any frame)."""
+        out = self.out
+        if len(out) <= MAX_PLAINTEXT:
+            self.flush()
+            return
+        mailbox = self.run_mailbox
+        assert mailbox is not None
+        packed = bytes(out[-last:])
+        del out[-last:]
+        self.run_count -= 1
+        self.push(mailbox, packed)
+
+    def _appended(self) -> None:
+        if len(self.out) >= FLUSH_BYTES:
             self.flush()
         elif self._flush_handle is None:
             self._flush_handle = self.m.loop.call_soon(self.flush)
+
+    def _close_run(self) -> None:
+        _COUNT.pack_into(self.out, self._run_at, self.run_count)
+        self.msgs_out += self.run_count
+        self.run_mailbox = None
+        self.run_count = 0
+
+    def _reset_out(self) -> bytearray:
+        out = self.out
+        self.out = bytearray(_FRAME_HEAD)
+        self._items = 0
+        self.run_mailbox = None
+        self.run_count = 0
+        return out
 
     def flush(self, final: bool = False) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         if self.transport is None or self.session is None or self.transport.is_closing():
-            self._out.clear()
-            self._out_n = 0
+            self._reset_out()
             return
-        out, self._out, self._out_n = self._out, [], 0
-        encrypt = self.session.send.encrypt
-        if not out:
-            if final:
-                ct = encrypt(_ARRAY32 + b"\0\0\0\0", final=True)
-                self.transport.write(HEADER.pack(len(ct)) + ct)
+        if self.run_mailbox is not None:
+            self._close_run()
+        items = self._items
+        if not items and not final:
             return
-        write = self.transport.write
-        start = 0
-        size = 0
-        n = len(out)
-        for i in range(n + 1):
-            if i < n and (i == start or size + len(out[i]) <= MAX_PLAINTEXT):
-                size += len(out[i])
-                continue
-            # frame = array32 header + the packed messages out[start:i]
-            body = _ARRAY32 + (i - start).to_bytes(4, "big") + b"".join(out[start:i])
-            ct = encrypt(body, final=final and i == n)
-            write(HEADER.pack(len(ct)) + ct)
-            self.bytes_out += len(ct) + 4
-            if i < n:
-                start, size = i, len(out[i])
+        body = self._reset_out()
+        _COUNT.pack_into(body, 1, items)
+        frame = self.session.send.seal(body, final=final)
+        self.transport.write(frame)
+        self.bytes_out += len(frame)
         if self.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
             self._fail(LinkError(f"peer reads too slowly ({WRITE_BUFFER_LIMIT} bytes unsent)"))
 

@@ -25,7 +25,7 @@ from mn_node.errors import (
     VersionError,
 )
 from mn_node.link import crypto
-from mn_node.link.conn import BATCH, CALL, LEAVE, MAX_PLAINTEXT, REPLY, SEND, TICK, TOCK, Conn
+from mn_node.link.conn import BATCH, CALL, FLUSH_BYTES, LEAVE, REPLY, SEND, TICK, TOCK, Conn
 
 log = logging.getLogger("mn_node.link")
 
@@ -99,6 +99,7 @@ class LinkManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refs = itertools.count(1)
         self._packer = msgpack.Packer(use_bin_type=True)
+        self._pack = self._packer.pack
         self._rlog = _RateLimitedLog()
         self.closing = False
         self.auth_failures = 0
@@ -173,10 +174,22 @@ class LinkManager:
 
     # ---- messaging --------------------------------------------------------------------
     def send(self, node: str, mailbox: str, msg: Any) -> None:
-        conn = self.links.get(node)
-        if conn is None:
-            raise NotConnected(f"no link to {node}")
-        conn.enqueue(self._packer.pack((SEND, mailbox, msg)))
+        try:
+            conn = self.links[node]
+        except KeyError:
+            raise NotConnected(f"no link to {node}") from None
+        packed = self._pack(msg)
+        if conn.run_mailbox == mailbox:
+            # hot path: append to the open run of messages to this mailbox. The buffer is below
+            # FLUSH_BYTES before any append; past it, Conn.overflow flushes (or, for a message
+            # that does not fit under the frame maximum, takes it back and uses the full path).
+            out = conn.out
+            out += packed
+            conn.run_count += 1
+            if len(out) >= FLUSH_BYTES:
+                conn.overflow(len(packed))
+        else:
+            conn.push(mailbox, packed)
 
     def send_many(self, node: str, mailbox: str, msgs: list[Any]) -> None:
         """Send many messages to one mailbox: packed as one batch (the receiving handler is
@@ -184,17 +197,19 @@ class LinkManager:
         conn = self.links.get(node)
         if conn is None:
             raise NotConnected(f"no link to {node}")
-        if not msgs:
+        n = len(msgs)
+        if not n:
             return
-        packed = self._packer.pack((BATCH, mailbox, msgs))
-        if len(packed) > MAX_PLAINTEXT:
-            if len(msgs) == 1:
-                raise ProtocolError(f"message of {len(packed)} bytes exceeds the {MAX_PLAINTEXT}-byte maximum")
-            half = len(msgs) // 2
-            self.send_many(node, mailbox, msgs[:half])
-            self.send_many(node, mailbox, msgs[half:])
+        packed = self._pack(msgs)
+        # the items of the packed array, without its header, join the run for this mailbox
+        body = memoryview(packed)[1 if n < 16 else 3 if n < 0x10000 else 5 :]
+        if len(body) > FLUSH_BYTES and n > 1:
+            # big batch: in slices of about FLUSH_BYTES, so each fits in one frame
+            step = max(1, n * FLUSH_BYTES // len(body))
+            for i in range(0, n, step):
+                self.send_many(node, mailbox, msgs[i : i + step])
             return
-        conn.enqueue(packed, len(msgs))
+        conn.push(mailbox, body, n)
 
     def broadcast(self, mailbox: str, msg: Any) -> int:
         packed = self._packer.pack((SEND, mailbox, msg))
