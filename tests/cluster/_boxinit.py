@@ -111,6 +111,16 @@ def main() -> None:
     mount("tmpfs", f"{name}-run", root / "run", "mode=755,nosuid,nodev,size=256m")
     mount("tmpfs", f"{name}-tmp", root / "tmp", "mode=1777,nosuid,nodev,size=1g")
     mount("tmpfs", f"{name}-vartmp", root / "var/tmp", "mode=1777,nosuid,nodev,size=1g")
+    # a fresh machine's /root and /usr/local: the host's (pyenv in .bashrc, pip-installed
+    # console scripts such as an editable `mn`) would shadow what the roles install
+    mount("tmpfs", f"{name}-home", root / "root", "mode=700,nosuid,nodev,size=64m")
+    mount("tmpfs", f"{name}-local", root / "usr/local", "mode=755,nosuid,nodev,size=64m")
+    for d in ("bin", "etc", "games", "include", "lib", "man", "sbin", "share", "src"):
+        (root / "usr/local" / d).mkdir()
+    for dot in (".bashrc", ".profile"):
+        src = root / "etc/skel" / dot
+        if src.is_file():
+            (root / "root" / dot).write_bytes(src.read_bytes())
     (root / "run/systemd").mkdir()
     (root / "run/systemd/container").write_text("mnbox\n")
 
