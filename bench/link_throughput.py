@@ -15,8 +15,8 @@ The raw baseline is the same thing without the link: a minimal sender object wit
 ``send`` / ``send_many`` / ``drain`` calls, the same plaintext wire layout (length-prefixed
 frames, each one msgpack array in which consecutive messages to one mailbox form one
 ``[BATCH, mailbox, [...]]`` run), the same coalescing (flush at the end of the loop iteration or
-past FLUSH_BYTES) and a receiver that decodes with the same FrameDecoder and calls the handler
-once per message. What differs is only what the link adds: secretstream encryption and
+past FLUSH_BYTES) and a receiver that reads in place with the same FrameReader and calls the
+handler once per message. What differs is only what the link adds: secretstream encryption and
 authentication, the link's checks and its statistics.
 
 Because the machine is shared, wall-clock rates move with the load; the CPU time each process
@@ -30,12 +30,13 @@ import argparse
 import asyncio
 import itertools
 import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -43,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit, end, loopback_prefix, machine, table
 from mn_node.link import Identity, LinkManager
-from mn_node.link.codec import HEADER, MAX_FRAME, FrameDecoder
+from mn_node.link.codec import HEADER, MAX_FRAME, FrameReader
 from mn_node.link.conn import BATCH, FLUSH_BYTES, SEND
 
 DRAIN_EVERY = 4096
@@ -138,28 +139,40 @@ async def link_send(host: str, port: int, peer_host: str, cookie: bytes, n: int,
 
 
 # ---- raw TCP baseline: the same wire layout and coalescing, no crypto ---------------------
+def nodelay(transport: asyncio.BaseTransport) -> None:
+    """TCP_NODELAY, as the link's connections have."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 _FRAME_HEAD = b"\xdd\0\0\0\0"
 
 
-class RawRecv(asyncio.Protocol):
+class RawRecv(asyncio.BufferedProtocol):
     def __init__(self, n: int) -> None:
-        self.dec = FrameDecoder(MAX_FRAME)
+        self.reader = FrameReader(MAX_FRAME)
         self.transport: asyncio.Transport | None = None
         self.handlers: dict[str, Callable[[str, Any], Any]] = {"sink": counter(n, self.ack)}
         self.cpu0 = time.process_time()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast("asyncio.Transport", transport)  # uvloop's is no asyncio.Transport
+        nodelay(transport)
 
     def ack(self, frm: str) -> None:
         assert self.transport is not None
         self.transport.write(b"!")
         report_cpu(self.cpu0)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
         handlers = self.handlers
-        for frame in self.dec.feed(data):
+        reader = self.reader
+        reader.buffer_updated(nbytes)
+        while (frame := reader.next_frame()) is not None:
             for msg in msgpack.unpackb(frame, raw=False, strict_map_key=False):
                 if msg[0] == BATCH:
                     handler = handlers[msg[1]]
@@ -186,8 +199,8 @@ class RawSend(asyncio.Protocol):
         self.pack = msgpack.Packer(use_bin_type=True).pack
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast("asyncio.Transport", transport)  # uvloop's is no asyncio.Transport
+        nodelay(transport)
 
     def data_received(self, data: bytes) -> None:
         self.done.set()

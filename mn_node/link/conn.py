@@ -8,13 +8,13 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 
 from mn_node.errors import AuthError, LinkError, ProtocolError, VersionError
 from mn_node.link import crypto
-from mn_node.link.codec import HEADER, MAX_FRAME, MAX_HANDSHAKE_FRAME, FrameDecoder
+from mn_node.link.codec import HEADER, MAX_FRAME, MAX_HANDSHAKE_FRAME, READ_BUFFER, FrameReader
 
 if TYPE_CHECKING:
     from mn_node.link.manager import LinkManager
@@ -32,6 +32,7 @@ _COUNT = struct.Struct(">I")
 FLUSH_BYTES = 256 * 1024
 """Flush at once (instead of at the end of this loop iteration) past this many queued bytes."""
 _RUN_HEADERS_MAX = 1024
+HANDSHAKE_READ_BUFFER = 4 * MAX_HANDSHAKE_FRAME
 WRITE_BUFFER_LIMIT = 64 * 1024 * 1024
 """A peer that lets this much pile up unread is too slow: its link is dropped."""
 
@@ -51,8 +52,16 @@ def _run_header(mailbox: str) -> bytes:
     return head
 
 
-class Conn(asyncio.Protocol):
+class Conn(asyncio.BufferedProtocol):
     """A link in the making or established. The manager owns the registry of links."""
+
+    # slots: the hot path reads a few attributes per message (fast slot access, no dict)
+    __slots__ = (
+        "_can_write", "_flush_handle", "_hs_timer", "_initiator", "_items", "_responder", "_run_at",
+        "bytes_in", "bytes_out", "close_reason", "closed", "error", "established_wall", "expected",
+        "last_rx", "left", "m", "msgs_in", "msgs_out", "out", "outbound", "peername", "pending",
+        "reader", "ready", "rtt_ms", "run_count", "run_mailbox", "session", "state", "transport",
+    )
 
     def __init__(self, manager: LinkManager, outbound: bool, expected: str | None = None) -> None:
         self.m = manager
@@ -60,7 +69,8 @@ class Conn(asyncio.Protocol):
         self.expected = expected
         self.transport: asyncio.Transport | None = None
         self.peername: tuple[str, int] = ("?", 0)
-        self.decoder = FrameDecoder(MAX_HANDSHAKE_FRAME)
+        # small buffer until the peer has authenticated: a connection flood costs little memory
+        self.reader = FrameReader(MAX_HANDSHAKE_FRAME, HANDSHAKE_READ_BUFFER)
         self.state = "new"
         self._initiator: crypto.Initiator | None = None
         self._responder: crypto.Responder | None = None
@@ -107,8 +117,8 @@ class Conn(asyncio.Protocol):
 
     # ---- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a socket transport (asyncio's, or uvloop's, which does not subclass asyncio.Transport)
+        self.transport = transport = cast("asyncio.Transport", transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -125,27 +135,40 @@ class Conn(asyncio.Protocol):
             self._responder = crypto.Responder(self.m.ident)
             self.state = "await_hello"
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """The socket read ``nbytes`` into the reader's buffer: handle every complete frame in
+        place (handshake frames one at a time: the frame limit grows once the link is up, and
+        the dialler may send big frames right behind its finish message)."""
         if self.state == "closed":
             return
+        reader = self.reader
+        reader.buffer_updated(nbytes)
         try:
-            # handshake frames one at a time: the frame limit grows once the link is up, and
-            # the dialler may send big frames right behind its finish message
-            while self.state not in ("up", "closed"):
-                frames = self.decoder.feed(data, 1)
-                data = b""
-                if not frames:
+            while True:
+                frame = reader.next_frame()
+                if frame is None:
                     break
-                self._on_handshake(frames[0])
-            if self.state == "up":
-                for frame in self.decoder.feed(data):
+                if self.state == "up":
                     self._on_frame(frame)
-                    if self.state == "closed":
-                        return
+                else:
+                    self._on_handshake(bytes(frame))
+                if self.state == "closed":
+                    return
         except LinkError as e:
             self._fail(e)
         if self.state == "up":
             self.last_rx = time.monotonic()
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes handed over rather than read in place (transports without buffered reads)."""
+        view = memoryview(data)
+        while view and self.state != "closed":
+            n = self.reader.feed(view)
+            view = view[n:]
+            self.buffer_updated(0)
 
     def eof_received(self) -> bool | None:
         return None
@@ -205,7 +228,8 @@ class Conn(asyncio.Protocol):
     def _established(self, session: crypto.Session) -> None:
         self.session = session
         self.state = "up"
-        self.decoder.limit = MAX_FRAME
+        self.reader.limit = MAX_FRAME
+        self.reader.resize(READ_BUFFER)
         self.established_wall = time.time()
         self.last_rx = time.monotonic()
         if self._hs_timer:
@@ -220,7 +244,7 @@ class Conn(asyncio.Protocol):
             self._fail(LinkError(f"handshake not completed within {self.m.handshake_timeout:g}s"))
 
     # ---- established traffic --------------------------------------------------------
-    def _on_frame(self, frame: bytes) -> None:
+    def _on_frame(self, frame: bytes | memoryview) -> None:
         """One encrypted frame = one msgpack array of messages: decrypt, unpack in one C call,
         dispatch (SEND and BATCH on a fast path: this is the throughput-critical loop)."""
         assert self.session is not None

@@ -272,3 +272,64 @@ def test_random_stream_header_only_raises_link_errors(hdr: bytes) -> None:
         crypto.RecvStream(os.urandom(32), hdr)
     except LinkError:
         pass
+
+
+# ---- seal/open: the hot path's buffer-in, buffer-out secretstream calls -------------------
+def test_seal_is_prefix_plus_standard_secretstream_ciphertext() -> None:
+    """seal() calls libsodium directly: its output must be exactly what the PyNaCl wrapper
+    expects (interoperable with any other secretstream implementation)."""
+    from nacl import bindings as nb
+
+    key = os.urandom(32)
+    send = crypto.SendStream(key)
+    state = nb.crypto_secretstream_xchacha20poly1305_state()
+    nb.crypto_secretstream_xchacha20poly1305_init_pull(state, send.header, key)
+    body = bytearray(b"\xdd\0\0\0\0" + b"m" * 1000)
+    frame = send.seal(memoryview(body)[0:])
+    assert int.from_bytes(frame[:4], "big") == len(frame) - 4 == len(body) + crypto.ABYTES
+    msg, tag = nb.crypto_secretstream_xchacha20poly1305_pull(state, bytes(frame[4:]), None)
+    assert msg == body and tag == nb.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
+    fin = send.seal(b"bye", final=True)
+    assert nb.crypto_secretstream_xchacha20poly1305_pull(state, bytes(fin[4:]), None) == (
+        b"bye", nb.crypto_secretstream_xchacha20poly1305_TAG_FINAL)
+
+
+def test_open_reads_from_a_view_and_reuses_its_buffer(pair: tuple[Session, Session]) -> None:
+    si, sr = pair
+    wire = bytearray(b"junk" + bytes(si.send.seal(b"first")) + bytes(si.send.seal(b"second!")) + b"tail")
+    view = memoryview(wire)
+    p1 = sr.recv.open(view[8 : 8 + 5 + crypto.ABYTES])
+    assert bytes(p1) == b"first"
+    p1.release()
+    start = 8 + 5 + crypto.ABYTES + 4
+    assert bytes(sr.recv.open(view[start : start + 7 + crypto.ABYTES])) == b"second!"
+
+
+@pytest.mark.parametrize("size", [0, 1, crypto.ABYTES - 1])
+def test_open_of_a_frame_shorter_than_the_tag_refused(pair: tuple[Session, Session], size: int) -> None:
+    _, sr = pair
+    with pytest.raises(ProtocolError):
+        sr.recv.open(b"\0" * size)
+
+
+def test_open_does_not_keep_a_buffer_for_one_big_frame(pair: tuple[Session, Session]) -> None:
+    si, sr = pair
+    big = os.urandom(crypto.KEEP_PLAIN_BUFFER + 1)
+    assert bytes(sr.recv.open(si.send.encrypt(big))) == big
+    assert bytes(sr.recv.open(si.send.encrypt(b"small"))) == b"small"
+    assert len(sr.recv._plain) <= crypto.KEEP_PLAIN_BUFFER
+
+
+def test_tampered_sealed_frame_in_a_view_detected(pair: tuple[Session, Session]) -> None:
+    si, sr = pair
+    frame = si.send.seal(b"x" * 300)
+    frame[100] ^= 0x80
+    with pytest.raises(ProtocolError, match="authentication"):
+        sr.recv.open(memoryview(frame)[4:])
+
+
+def test_rekey_boundary_with_seal_and_open(pair: tuple[Session, Session]) -> None:
+    si, sr = pair
+    for k in range(crypto.REKEY_EVERY + 3):
+        body = bytearray(k.to_bytes(4, "big") * 10)
+        assert bytes(sr.recv.open(memoryview(si.send.seal(body))[4:])) == body

@@ -480,3 +480,136 @@ async def test_malformed_plaintext_from_authenticated_peer_drops_link(managers: 
     assert await peer.closed_by_peer()
     await until(lambda: "raw@127.0.0.1" not in b.links, "link dropped")
     assert got == []
+
+
+# ---- batch framing: runs of messages to one mailbox, at the frame maximum --------------------
+def _largest_single(mailbox: str) -> int:
+    """Size of the biggest bytes payload one send() can carry to ``mailbox``: frame header,
+    run header and the payload's bin32 header must fit under MAX_PLAINTEXT."""
+    from mn_node.link.conn import MAX_PLAINTEXT, _run_header
+
+    return MAX_PLAINTEXT - 5 - len(_run_header(mailbox)) - 5
+
+
+async def test_send_at_the_frame_maximum_and_one_byte_over(managers: Factory) -> None:
+    from mn_node.errors import ProtocolError
+
+    a, b = await managers(), await managers()
+    got: list[Any] = []
+    b.register("inbox", lambda frm, msg: got.append(msg))
+    connect(a, b)
+    await linked(a, b)
+    peer = b.ident.node
+    biggest = _largest_single("inbox")
+    a.send(peer, "inbox", 1)  # opens a run: the big ones below go through the run fast path
+    a.send(peer, "inbox", b"m" * biggest)  # cannot share the frame: flushed separately
+    with pytest.raises(ProtocolError, match="exceeds"):
+        a.send(peer, "inbox", b"o" * (biggest + 1))
+    a.send(peer, "inbox", 2)  # the refused message left nothing behind
+    with pytest.raises(ProtocolError, match="exceeds"):
+        a.send(peer, "other", b"o" * (biggest + 1))  # refused when opening a run, too
+    a.send(peer, "inbox", 3)
+    await until(lambda: len(got) == 4, "4 messages", timeout=30)
+    assert got[0] == 1 and got[1] == b"m" * biggest and got[2:] == [2, 3]
+    assert peer in a.links and a.ident.node in b.links  # no frame was over the maximum
+
+
+async def test_run_overflowing_the_frame_is_split_in_order(managers: Factory) -> None:
+    """Small messages fill the run below FLUSH_BYTES, then one big message would push the frame
+    past the maximum: it is taken back out and sent in the next frame, order kept."""
+    from mn_node.link.conn import FLUSH_BYTES
+
+    a, b = await managers(), await managers()
+    got: list[Any] = []
+    b.register("inbox", lambda frm, msg: got.append(msg))
+    connect(a, b)
+    await linked(a, b)
+    peer = b.ident.node
+    conn = a.links[peer]
+    small = b"s" * 1000
+    n_small = (FLUSH_BYTES - 2000) // 1003
+    for _ in range(n_small):
+        a.send(peer, "inbox", small)
+    assert len(conn.out) < FLUSH_BYTES  # all in the open run, nothing flushed yet
+    big = b"B" * (_largest_single("inbox") - 10)
+    a.send(peer, "inbox", big)
+    a.send(peer, "inbox", b"end")
+    await until(lambda: len(got) == n_small + 2, "all messages", timeout=30)
+    assert got == [small] * n_small + [big, b"end"]
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 65535, 65536])
+async def test_send_many_array_header_sizes_join_the_run(managers: Factory, n: int) -> None:
+    """send_many strips the packed array's header (fixarray / array16 / array32) and appends
+    the items to the mailbox's run: the receiver sees every item exactly once, in order, with
+    send() messages before and after in the same run."""
+    a, b = await managers(), await managers()
+    got: list[Any] = []
+    b.register("inbox", lambda frm, msg: got.append(msg))
+    connect(a, b)
+    await linked(a, b)
+    peer = b.ident.node
+    a.send(peer, "inbox", "first")
+    a.send_many(peer, "inbox", list(range(n)))
+    a.send(peer, "inbox", "last")
+    await until(lambda: len(got) == n + 2, f"{n + 2} messages", timeout=30)
+    assert got == ["first", *range(n), "last"]
+
+
+async def test_interleaved_mailboxes_kinds_and_calls_keep_order(managers: Factory) -> None:
+    a, b = await managers(), await managers()
+    seen: list[tuple[str, Any]] = []
+    b.register("x", lambda frm, msg: seen.append(("x", msg)))
+    b.register("y", lambda frm, msg: seen.append(("y", msg)))
+    b.register("echo", lambda frm, msg: seen.append(("echo", msg)) or msg)
+    connect(a, b)
+    await linked(a, b)
+    peer = b.ident.node
+    a.send(peer, "x", 1)
+    a.send(peer, "x", 2)
+    a.send(peer, "y", 3)
+    a.send_many(peer, "y", [4, 5])
+    a.send(peer, "x", 6)
+    a.broadcast("y", 7)
+    a.send_many(peer, "x", [9])
+    a.send(peer, "nobody", 0)  # unknown mailbox: dropped, the rest still delivered
+    a.send(peer, "x", 10)
+    await until(lambda: len(seen) == 9, "9 messages")
+    assert seen == [("x", 1), ("x", 2), ("y", 3), ("y", 4), ("y", 5), ("x", 6), ("y", 7), ("x", 9), ("x", 10)]
+    # a call travels in the same frames (its handler runs in a task of its own)
+    a.send(peer, "x", 11)
+    assert await a.call(peer, "echo", 8) == 8
+    assert seen[-2:] == [("x", 11), ("echo", 8)]
+
+
+async def test_handler_error_in_a_batch_does_not_stop_the_rest(managers: Factory) -> None:
+    a, b = await managers(), await managers()
+    got: list[int] = []
+
+    def picky(frm: str, msg: int) -> None:
+        if msg % 3 == 0:
+            raise ValueError("no multiples of three")
+        got.append(msg)
+
+    b.register("inbox", picky)
+    connect(a, b)
+    await linked(a, b)
+    a.send_many(b.ident.node, "inbox", list(range(1, 10)))
+    await until(lambda: len(got) == 6, "6 messages")
+    assert got == [1, 2, 4, 5, 7, 8]
+    assert a.ident.node in b.links
+
+
+async def test_flood_of_sends_is_delivered_in_frames_under_the_maximum(managers: Factory) -> None:
+    """A burst far bigger than one frame, of mixed sizes: everything arrives, in order."""
+    a, b = await managers(), await managers()
+    got: list[Any] = []
+    b.register("inbox", lambda frm, msg: got.append(msg))
+    connect(a, b)
+    await linked(a, b)
+    peer = b.ident.node
+    msgs = [bytes([i % 256]) * ((i * 7919) % 20_000) for i in range(600)]
+    for m in msgs:
+        a.send(peer, "inbox", m)
+    await until(lambda: len(got) == len(msgs), "600 messages", timeout=30)
+    assert got == msgs
