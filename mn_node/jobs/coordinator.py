@@ -33,6 +33,7 @@ log = logging.getLogger("mn_node.jobs")
 
 FULL_REFRESH_S = 2.0
 PREFETCH = 2
+AUDIT_AFTER_MS = 2000  # a dispatch this old must be known to its node, or it is replayed
 
 
 class Coordinator:
@@ -345,7 +346,43 @@ class Coordinator:
                 node = self.states[aid].node
                 self._inflight[node] = max(0, self._inflight.get(node, 0) - 1)
             await self._dispatch(lost, recovery=True)
+        await self._audit_inflight()
         return False
+
+    async def _audit_inflight(self) -> None:
+        """Replay executions that their node, though up, no longer knows: it was restarted
+        faster than it could be seen down (a rolling restart), or the request was lost. A node
+        forgets a run only after storing its result, so the state is re-read before replaying."""
+        now = int(time.time() * 1000)
+        by_node: dict[str, list[str]] = {}
+        for aid, st in self.states.items():
+            if st.status == "dispatched" and self.rt.healthy(st.node) \
+                    and now - int(st.extra.get("dispatched_ms", 0) or 0) >= AUDIT_AFTER_MS:
+                by_node.setdefault(st.node, []).append(aid)
+        forgotten: list[str] = []
+        for node, aids in by_node.items():
+            try:
+                known = await self.rt.exec_status(node, self.job_id, [[a, self.states[a].attempt] for a in aids])
+            except (LinkError, RedisUnavailable):
+                continue  # not answering now: if it stays away, the health check replays its work
+            forgotten += [a for a, ok in zip(aids, known, strict=False) if not ok]
+        if not forgotten:
+            return
+        raw = await self.rt.store.guard(self.rt.store.r.hmget(self.keys.agents, forgotten))
+        replay: list[str] = []
+        for aid, r in zip(forgotten, raw, strict=True):
+            if not r:
+                continue
+            st = AgentState.decode(r)
+            if st.status == "dispatched" and st.attempt == self.states[aid].attempt:
+                replay.append(aid)
+                self._inflight[st.node] = max(0, self._inflight.get(st.node, 0) - 1)
+            else:
+                self._absorb(aid, st)
+        if replay:
+            log.info("job %s: %d executors unknown to their (restarted?) nodes; replaying them",
+                     self.job_id, len(replay))
+            await self._dispatch(replay, recovery=True)
 
     async def _stop_cancelled(self) -> None:
         nodes = {st.node for st in self.states.values() if st.status == "dispatched" and st.node}

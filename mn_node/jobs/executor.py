@@ -68,6 +68,8 @@ class ExecutorService:
         self.capacity = capacity
         self._sem = asyncio.Semaphore(capacity)
         self._pool: ProcessPoolExecutor | None = None
+        self._ready = asyncio.Event()  # set once the pool exists: links deliver exec.run earlier
+        self._stopping = False
         self.runs: dict[tuple[str, str], Run] = {}
         self.cancelled: set[str] = set()
         self.completed = 0
@@ -90,8 +92,10 @@ class ExecutorService:
                                          initializer=_die_with_parent, initargs=(os.getpid(),))
         for _ in range(self.capacity):
             self._pool.submit(_warm)
+        self._ready.set()
 
     async def stop(self) -> None:
+        self._stopping = True  # refuse new runs: the coordinator puts them back to pending
         for run in list(self.runs.values()):
             if run.task is not None:
                 run.task.cancel()
@@ -102,6 +106,8 @@ class ExecutorService:
     def on_run(self, frm: str, msg: Any) -> dict[str, Any]:
         """``{job, epoch, owner, runs: [{agent, attempt, task, config, inputs, timeout}]}``"""
         job_id = str(msg["job"])
+        if self._stopping:
+            raise RuntimeError(f"{self.node} is shutting down")
         accepted = []
         for req in msg["runs"]:
             if req["task"] not in tasks.available():
@@ -143,6 +149,7 @@ class ExecutorService:
         key = (run.job_id, run.agent)
         k = JobKeys(self.store, run.job_id)
         try:
+            await self._ready.wait()
             async with self._sem:
                 if run.job_id in self.cancelled:
                     return

@@ -150,6 +150,23 @@ def test_same_name_restart_of_owner_within_ttl(make_cluster):
     c.wait_mesh()
 
 
+def test_quick_graceful_restart_of_an_executor_node(make_cluster):
+    """A rolling restart: SIGTERM a node running executors and start it again at once, faster
+    than it is seen down. Its runs are gone with it; the coordinator finds them unknown to the
+    node and replays them (found by the deploy test: the job stalled)."""
+    c = make_cluster(3, extra_env=CAP2)
+    lead = leader_name(c)
+    job_id, owner = submit_with_owner(c, BIG, lambda o: o != lead)
+    worker = next(n for n in c.nodes if n.name not in (owner, lead))
+    wait_progress(c, job_id, 0.15)
+    done_before = completed_agents(c, job_id)
+    assert c.stop(worker.index) == 0
+    c.start(worker.index, **CAP2)
+    j = wait_done(c, job_id)
+    assert_exact_and_no_rerun(c, j, BIG, done_before)
+    assert "job_recovery_started" not in types(events(c, job_id))  # the owner never moved
+
+
 def test_cancel_mid_run_refuses_later_results(make_cluster):
     c = make_cluster(3, extra_env=CAP2)
     c.wait_leader()
