@@ -240,8 +240,10 @@ async def _assert_pair_healthy(a: LinkManager, b: LinkManager) -> None:
 
 
 async def test_garbage_oversized_and_slow_input_drop_only_that_connection(managers: Factory) -> None:
-    a = await managers()
-    b = await managers(handshake_timeout=0.5)
+    # a long keepalive timeout: this test is about the bad connections, and a loaded machine
+    # must not make the good link time out during the slowloris' 3 s
+    a = await managers(timeout=10.0)
+    b = await managers(handshake_timeout=0.5, timeout=10.0)
     connect(a, b)
     await linked(a, b)
     before = b.links[a.ident.node]
