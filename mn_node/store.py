@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from mn_node import scripts
 from mn_node.config import redact_url
@@ -93,6 +93,8 @@ class Store:
         except ResponseError as e:
             if str(e).startswith("FENCED"):
                 raise FencedWriteRefused(str(e)) from None
+            if isinstance(e, ReadOnlyError):
+                self.mark_error(e)
             raise RedisUnavailable(f"redis refused {name}: {e}") from None
         except (TimeoutError, RedisError, OSError) as e:
             self.mark_error(e)
@@ -108,9 +110,15 @@ class Store:
             raise RedisUnavailable(f"redis unreachable: {self.last_error}")
 
     async def guard(self, coro: Any) -> Any:
-        """Await a plain redis-py call, mapping connection errors to RedisUnavailable."""
+        """Await a plain redis-py call, mapping connection errors to RedisUnavailable. A
+        command the server refuses (bad argument, …) raises too, but does not mark Redis
+        down: one bad request must not turn the node's health red. A read-only replica does."""
         try:
             res = await coro
+        except ResponseError as e:
+            if isinstance(e, ReadOnlyError):
+                self.mark_error(e)
+            raise RedisUnavailable(f"redis refused the command: {e}") from None
         except (TimeoutError, RedisError, OSError) as e:
             self.mark_error(e)
             raise RedisUnavailable(f"redis unreachable: {_describe(e)}") from None

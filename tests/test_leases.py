@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mn_node.errors import FencedWriteRefused, LeaseLost
+from mn_node.errors import FencedWriteRefused, LeaseLost, RedisUnavailable
 from mn_node.leases import Holder, Lease, LeaseManager
 from mn_node.store import Store
 from tests.support.redis import RedisServer
@@ -232,3 +232,11 @@ async def test_lease_granted_by_a_restarted_redis_is_kept(
     assert old.is_lost and old.lost_reason == "redis restarted"
     assert not fresh.is_lost and m.held == {"job:1": fresh}
     assert await s.r.get(fresh.key) == fresh.token
+
+
+async def test_a_refused_command_does_not_mark_redis_down(stores: Callable[[], Store]) -> None:
+    s = stores()
+    assert await s.check()
+    with pytest.raises(RedisUnavailable, match="refused"):
+        await s.guard(s.r.xrange(s.key("events"), "not-an-id", "+"))
+    assert s.available and s.last_error == ""
