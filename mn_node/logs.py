@@ -27,6 +27,22 @@ class _LineFormatter(logging.Formatter):
         return head + msg
 
 
+class _MalformedHttpFilter(logging.Filter):
+    """aiohttp logs a request its parser refuses (garbage from the network, answered 400) as
+    an ERROR with a traceback; that is the client's fault, not the node's: one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "malformed HTTP request refused (400): %s"
+            record.args = (str(exc.message).splitlines()[0] if exc.message else type(exc).__name__,)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def setup_logging(node: str, level: str = "INFO") -> None:
     """Configure the root logger. Under journald (``JOURNAL_STREAM``) timestamps are omitted."""
     import os
@@ -38,3 +54,6 @@ def setup_logging(node: str, level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("zeroconf", "aiohttp.access", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedHttpFilter) for f in server.filters):
+        server.addFilter(_MalformedHttpFilter())

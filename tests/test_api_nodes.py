@@ -66,3 +66,25 @@ def test_state_changing_route_needs_bearer_token(make_cluster: Any) -> None:
     assert code == 401
     code, _ = _post(url, api_token(c.cookie.encode()))
     assert code != 401  # authenticated: the route itself answers (404/409 for an unknown job)
+
+
+def test_malformed_http_is_refused_with_one_info_line(make_cluster: Any) -> None:
+    """Garbage from the network is the client's fault: 400 with the reason, one INFO line in
+    the node's log, no ERROR and no traceback (a peer could otherwise flood the journal)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    c: Cluster = make_cluster(1)
+    node = c.nodes[0]
+    c.get(1, "/api/v1/health")
+    u = urlsplit(node.api)
+    with socket.create_connection((u.hostname, u.port), timeout=5) as s:
+        s.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+        reply = s.recv(4096)
+    assert reply.startswith(b"HTTP/1.0 400") or reply.startswith(b"HTTP/1.1 400"), reply
+    assert b"Content-Length" in reply  # the reason is in the answer
+    line = wait_until(lambda: next((ln for ln in node.log_text().splitlines() if "malformed HTTP" in ln), None),
+                      10, "the malformed-request log line")
+    assert " INFO " in f" {line} " and "Duplicate Content-Length" in line, line
+    assert "ERROR" not in node.log_text() and "Traceback" not in node.log_text()
+    assert c.get(1, "/api/v1/health")["status"] in ("ok", "degraded")
