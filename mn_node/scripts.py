@@ -171,11 +171,10 @@ if ARGV[7] == '1' then redis.call('SREM', KEYS[5], string.match(KEYS[2], ':job:(
 return 1
 """
 
-# An executor's result, written by the node that ran it before anyone is told, and only if
-# its attempt is still the current one and the job is still running.
-# KEYS: job hash, agents hash, runs hash ; ARGV: agent id, attempt, node, output json,
-#       'completed' | 'failed', error text
-STORE_RESULT = """
+# Shared head of the executor-side scripts: go on only while the job is running and ARGV[2]
+# is the agent's current dispatched attempt (KEYS[1] job hash, KEYS[2] agents hash, ARGV[1]
+# agent id); leaves the decoded agent state in `st`.
+_CURRENT_ATTEMPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then
   return {0, 'job is ' .. tostring(status)}
@@ -187,6 +186,13 @@ if st['status'] ~= 'dispatched' or tonumber(st['attempt']) ~= tonumber(ARGV[2]) 
   return {0, 'attempt ' .. ARGV[2] .. ' is not current (agent is ' .. tostring(st['status']) ..
     ' attempt ' .. tostring(st['attempt']) .. ')'}
 end
+"""
+
+# An executor's result, written by the node that ran it before anyone is told, and only if
+# its attempt is still the current one and the job is still running.
+# KEYS: job hash, agents hash, runs hash ; ARGV: agent id, attempt, node, output json,
+#       'completed' | 'failed', error text
+STORE_RESULT = _CURRENT_ATTEMPT + """
 local t = redis.call('TIME')
 st['finished_ms'] = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 st['node'] = ARGV[3]
@@ -208,16 +214,7 @@ return {1, st['status']}
 # Counts a start in the runs hash only while the attempt is the dispatched one of a running job:
 # a request that arrives late (it sat in a paused node's socket buffer while the coordinator
 # replayed the agent elsewhere) is refused instead of re-running a completed executor.
-CLAIM_START = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'running' then return {0, 'job is ' .. tostring(status)} end
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
-if not raw then return {0, 'unknown agent'} end
-local st = cjson.decode(raw)
-if st['status'] ~= 'dispatched' or tonumber(st['attempt']) ~= tonumber(ARGV[2]) then
-  return {0, 'attempt ' .. ARGV[2] .. ' is not current (agent is ' .. tostring(st['status']) ..
-    ' attempt ' .. tostring(st['attempt']) .. ')'}
-end
+CLAIM_START = _CURRENT_ATTEMPT + """
 return {1, redis.call('HINCRBY', KEYS[3], ARGV[1], 1)}
 """
 
