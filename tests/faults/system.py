@@ -20,6 +20,7 @@ from pathlib import Path
 import redis
 
 from tests.faults.netns import Net
+from tests.support import redis as redis_proc
 from tests.support.redis import server_binary
 
 REDIS_PORT = 6379
@@ -60,19 +61,10 @@ class RedisProc:
             return False
 
     def kill9(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        redis_proc.kill9(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        redis_proc.terminate(self.proc)
 
     def cleanup(self) -> None:
         self.stop()

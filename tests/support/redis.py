@@ -83,19 +83,10 @@ class RedisServer:
             return False
 
     def kill9(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        kill9(self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
 
     def pause(self) -> None:
         assert self.proc is not None
@@ -117,3 +108,22 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while self.proc is not None and self.proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def kill9(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL a server process we started (if still running) and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
+def terminate(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM (after SIGCONT, in case it is paused), SIGKILL if it does not end in 10 s."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
