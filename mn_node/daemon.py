@@ -53,6 +53,8 @@ class Node:
         self.mdns: MdnsDiscovery | None = None
         self.exit_code = 0
         self.stopping = False
+        self.up = False  # start() finished: registered (when Redis answers), loops running, READY sent
+        self._registered = False
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -111,6 +113,7 @@ class Node:
         self._spawn(self._housekeeping(), "housekeeping")
         if self.notifier.watchdog_interval:
             self._spawn(self._watchdog(), "watchdog")
+        self.up = True
         self.notifier.ready(f"listening on {cfg.bind_host}:{cfg.me.port}, API {cfg.api_bind}:{cfg.api_port}")
         log.info("mn-node %s up as %s (incarnation %s), link %s:%d, API http://%s:%d",
                  __version__, cfg.name, self.incarnation, cfg.bind_host, cfg.me.port, cfg.api_bind, cfg.api_port)
@@ -235,8 +238,12 @@ class Node:
 
     def health_reasons(self) -> list[str]:
         reasons = []
+        if not self.up:
+            reasons.append("starting")
         if not self.store.available:
             reasons.append(f"redis unreachable: {self.store.last_error}")
+        elif not self._registered:
+            reasons.append("not registered in redis yet")
         if self.stopping:
             reasons.append("stopping")
         return reasons

@@ -100,3 +100,43 @@ def test_dist_port_held_exit_69(make_cluster: Any) -> None:
         assert len(lines) == 1 and "MIRROR_NEURON_DIST_PORT" in lines[0] and "in use" in lines[0], p.stderr
     finally:
         s.close()
+
+
+def test_health_says_starting_until_start_has_finished(make_cluster: Any) -> None:
+    """The API binds first (so a port conflict is reported before anything else), but it must
+    not call the node healthy before the node has claimed its name: a restart check that reads
+    the registration after health turns 200 would otherwise see the previous incarnation.
+    A listener that accepts and never answers holds the node inside its first Redis call."""
+    import threading
+
+    held: list[socket.socket] = []
+    accepted = threading.Event()
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def hold() -> None:
+        with srv:
+            while True:
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    return
+                held.append(conn)
+                accepted.set()
+
+    threading.Thread(target=hold, daemon=True).start()
+    c: Cluster = make_cluster(1, start=False)
+    try:
+        c.start(1, MIRROR_NEURON_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        assert accepted.wait(30), "the node never contacted its Redis"
+        code, body = wait_until(lambda: c.get_status(1, "/api/v1/health", timeout=0.5), 5, "the API to answer")
+        assert code == 503 and "starting" in body["reasons"], body
+        # the silent Redis times out; start() finishes without a registration and says why
+        code, body = wait_until(
+            lambda: (s := c.get_status(1, "/api/v1/health")) and "starting" not in s[1]["reasons"] and s,
+            15, "start() to finish")
+        assert code == 503 and any(r.startswith("redis unreachable") for r in body["reasons"]), body
+    finally:
+        srv.close()
+        for conn in held:
+            conn.close()

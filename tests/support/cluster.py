@@ -113,6 +113,22 @@ class Cluster:
             self.wait_mesh()
         return self
 
+    def wait_started(self, timeout: float = 15.0, nodes: list[NodeProc] | None = None) -> None:
+        """Until every node's start() has finished (its health no longer says "starting");
+        a node whose Redis is down is started but still unhealthy."""
+        group = nodes or self.live()
+        seen: dict[str, Any] = {}
+
+        def started() -> bool:
+            for n in group:
+                seen[n.name] = self.get_status(n.index, "/api/v1/health")
+            return all("starting" not in body.get("reasons", ["starting"]) for _, body in seen.values())
+
+        try:
+            wait_until(started, timeout, "every node to finish starting")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; health seen: {seen}") from None
+
     def get(self, index: int, path: str, timeout: float = 2.0) -> Any:
         node = self.nodes[index - 1]
         with urllib.request.urlopen(node.api + path, timeout=timeout) as r:
@@ -155,6 +171,7 @@ class Cluster:
             return all(self.up_view(n.index) >= want for n in group)
 
         wait_until(meshed, timeout, f"all of {sorted(want)} to see each other up")
+        self.wait_started(timeout, group)
 
     def leader(self, index: int | None = None) -> dict[str, Any] | None:
         idx = index or self.live()[0].index
