@@ -66,6 +66,16 @@ async def linked(a: LinkManager, b: LinkManager, timeout: float = 5.0) -> None:
     )
 
 
+async def inbox_pair(managers: Factory) -> tuple[LinkManager, LinkManager, list[Any]]:
+    """Two linked managers; every message b's ``inbox`` receives is appended to the list."""
+    a, b = await managers(), await managers()
+    got: list[Any] = []
+    b.register("inbox", lambda frm, msg: got.append(msg))
+    connect(a, b)
+    await linked(a, b)
+    return a, b, got
+
+
 def _async(fn: Callable[[], Any]) -> Callable[[], Awaitable[Any]]:
     async def run() -> Any:
         return fn()
@@ -449,11 +459,7 @@ async def test_unreachable_peer_retried_without_harming_others(managers: Factory
 
 
 async def test_send_many_delivers_each_message_in_order(managers: Factory) -> None:
-    a, b = await managers(), await managers()
-    got: list[Any] = []
-    b.register("inbox", lambda frm, msg: got.append(msg))
-    connect(a, b)
-    await linked(a, b)
+    a, b, got = await inbox_pair(managers)
     a.send(b.ident.node, "inbox", -1)
     a.send_many(b.ident.node, "inbox", list(range(10_000)))
     big = [b"y" * 100_000 for _ in range(100)]  # 10 MB: split into frames under the maximum
@@ -496,11 +502,7 @@ def _largest_single(mailbox: str) -> int:
 async def test_send_at_the_frame_maximum_and_one_byte_over(managers: Factory) -> None:
     from mn_node.errors import ProtocolError
 
-    a, b = await managers(), await managers()
-    got: list[Any] = []
-    b.register("inbox", lambda frm, msg: got.append(msg))
-    connect(a, b)
-    await linked(a, b)
+    a, b, got = await inbox_pair(managers)
     peer = b.ident.node
     biggest = _largest_single("inbox")
     a.send(peer, "inbox", 1)  # opens a run: the big ones below go through the run fast path
@@ -521,11 +523,7 @@ async def test_run_overflowing_the_frame_is_split_in_order(managers: Factory) ->
     past the maximum: it is taken back out and sent in the next frame, order kept."""
     from mn_node.link.conn import FLUSH_BYTES
 
-    a, b = await managers(), await managers()
-    got: list[Any] = []
-    b.register("inbox", lambda frm, msg: got.append(msg))
-    connect(a, b)
-    await linked(a, b)
+    a, b, got = await inbox_pair(managers)
     peer = b.ident.node
     conn = a.links[peer]
     small = b"s" * 1000
@@ -545,11 +543,7 @@ async def test_send_many_array_header_sizes_join_the_run(managers: Factory, n: i
     """send_many strips the packed array's header (fixarray / array16 / array32) and appends
     the items to the mailbox's run: the receiver sees every item exactly once, in order, with
     send() messages before and after in the same run."""
-    a, b = await managers(), await managers()
-    got: list[Any] = []
-    b.register("inbox", lambda frm, msg: got.append(msg))
-    connect(a, b)
-    await linked(a, b)
+    a, b, got = await inbox_pair(managers)
     peer = b.ident.node
     a.send(peer, "inbox", "first")
     a.send_many(peer, "inbox", list(range(n)))
@@ -604,11 +598,7 @@ async def test_handler_error_in_a_batch_does_not_stop_the_rest(managers: Factory
 
 async def test_flood_of_sends_is_delivered_in_frames_under_the_maximum(managers: Factory) -> None:
     """A burst far bigger than one frame, of mixed sizes: everything arrives, in order."""
-    a, b = await managers(), await managers()
-    got: list[Any] = []
-    b.register("inbox", lambda frm, msg: got.append(msg))
-    connect(a, b)
-    await linked(a, b)
+    a, b, got = await inbox_pair(managers)
     peer = b.ident.node
     msgs = [bytes([i % 256]) * ((i * 7919) % 20_000) for i in range(600)]
     for m in msgs:
