@@ -83,15 +83,16 @@ async def renew_bench(url: str, n: int, rounds: int) -> dict[str, Any]:
     store = Store(url, f"bench{time.monotonic_ns()}")
     m = LeaseManager(store, "bench@h", "inc", 60_000, 10_000)
     pipe = store.r.pipeline(transaction=False)
+    acquire = store.scripts.acquire.redis_script  # the plain redis-py script, queued on the pipeline
     for k in range(n):
         name = f"job:{k}"
-        await store.s["acquire"](keys=[m.lease_key(name), store.key("epoch", name), store.key("events")],
-                                 args=[m.owner, m.ttl_ms, "", 100, name], client=pipe)
+        await acquire(keys=[m.lease_key(name), store.key("epoch", name), store.key("events")],
+                      args=[m.owner, m.ttl_ms, "", 100, name], client=pipe)
     res = await pipe.execute()
     for k, row in enumerate(res):
         name = f"job:{k}"
         m.held[name] = Lease(name, m.lease_key(name), str(row[1]), int(row[2]), time.monotonic() + 50)
-    await store.call("renew_all", [], [1])  # load the script once
+    await store.scripts.renew_all([], [1])  # load the script once
     times = []
     for _ in range(rounds):
         before = m.renewals

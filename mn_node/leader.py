@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
+from mn_node.aio import Signal, wait_event
 from mn_node.errors import FencedWriteRefused, LeaseLost, RedisUnavailable
 from mn_node.leases import Holder, Lease, LeaseManager
 from mn_node.link.manager import LinkManager
@@ -36,19 +36,13 @@ class LeaderElection:
         self.known: Holder | None = None
         self.changes = 0
         self._wake = asyncio.Event()
-        self._became: list[Callable[[Lease], None]] = []
-        self._lost: list[Callable[[Lease], None]] = []
+        self.elected: Signal[[Lease]] = Signal("leader elected")  # this node became leader
+        self.deposed: Signal[[Lease]] = Signal("leader deposed")  # this node's leadership was lost
         self._beat_seq = 0
         self.stopped = False
         self._contending = asyncio.Lock()
         links.register(MAILBOX, self._on_message)
-        leases.on_lost(self._on_lease_lost)
-
-    def on_elected(self, cb: Callable[[Lease], None]) -> None:
-        self._became.append(cb)
-
-    def on_deposed(self, cb: Callable[[Lease], None]) -> None:
-        self._lost.append(cb)
+        leases.lost.connect(self._on_lease_lost)
 
     @property
     def is_leader(self) -> bool:
@@ -67,8 +61,7 @@ class LeaderElection:
         if lease is self.lease:
             self.lease = None
             log.warning("stepped down as leader (epoch %d): %s", lease.epoch, lease.lost_reason)
-            for cb in self._lost:
-                cb(lease)
+            self.deposed.emit(lease)
             self._wake.set()
 
     async def run(self) -> None:
@@ -80,10 +73,7 @@ class LeaderElection:
                 delay = await self._contend(interval)
             else:
                 await self._beat()
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, delay)
 
     async def _contend(self, interval: float) -> float:
         async with self._contending:  # step_down waits for an attempt in flight
@@ -103,8 +93,7 @@ class LeaderElection:
             self.changes += 1
             log.info("elected leader, epoch %d", res.epoch)
             self.links.broadcast(MAILBOX, {"type": "elected", "epoch": res.epoch})
-            for cb in self._became:
-                cb(res)
+            self.elected.emit(res)
             await self._beat()
             return interval
         self.known = res

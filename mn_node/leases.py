@@ -1,9 +1,10 @@
-"""Fenced leases on Redis (DESIGN §5).
+"""Fenced leases on Redis.
 
 A holder acts only while ``Lease.valid()``: its local monotonic deadline (send time of the
 last successful renewal + TTL - margin) has not passed and Redis has not refused it. Every
-write a holder makes goes through :meth:`LeaseManager.fenced_hset` / ``fenced_xadd``, which
-Redis refuses unless the holder's token is still the current one.
+write a holder makes goes through :meth:`LeaseManager.fenced` (``fenced_hset`` /
+``fenced_xadd`` / the jobs' ``job_write``), which Redis refuses unless the holder's token is
+still the current one.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mn_node.aio import Signal
 from mn_node.errors import FencedWriteRefused, LeaseLost, RedisUnavailable
-from mn_node.store import EVENTS_MAXLEN, Store
+from mn_node.scripts import LEASE_REFUSALS
+from mn_node.store import EVENTS_MAXLEN, Script, Store
 
 log = logging.getLogger("mn_node.leases")
 
@@ -66,9 +68,6 @@ class Holder:
             return 0
 
 
-LostCallback = Callable[[Lease], None]
-
-
 class LeaseManager:
     def __init__(self, store: Store, node: str, incarnation: str, ttl_ms: int, renew_ms: int) -> None:
         self.store = store
@@ -78,7 +77,8 @@ class LeaseManager:
         self.renew_ms = renew_ms
         self.margin = max(0.05, ttl_ms / 1000 * 0.1)
         self.held: dict[str, Lease] = {}
-        self._lost_cbs: list[LostCallback] = []
+        # a held lease was lost (not released): deadline passed, refused, redis restarted
+        self.lost: Signal[[Lease]] = Signal("lease lost")
         self.renew_latency_ms: float | None = None
         # each batched renewal's round trip, in seconds (metrics observe it as a histogram)
         self.renewed: Signal[[float]] = Signal("lease renewed")
@@ -86,10 +86,7 @@ class LeaseManager:
         self.fenced_refused = 0
         self.renewals = 0
         self._task: asyncio.Task[None] | None = None
-        store.on_restart(lambda new, old: self.lose_all("redis restarted"))
-
-    def on_lost(self, cb: LostCallback) -> None:
-        self._lost_cbs.append(cb)
+        store.restarted.connect(lambda new, old: self.lose_all("redis restarted"))
 
     def lease_key(self, name: str) -> str:
         return self.store.key("lease", name)
@@ -98,8 +95,7 @@ class LeaseManager:
     async def acquire(self, name: str, event: str = "") -> Lease | Holder:
         """One attempt. Returns the new Lease, or the current Holder."""
         t0 = time.monotonic()
-        res = await self.store.call(
-            "acquire",
+        res = await self.store.scripts.acquire(
             [self.lease_key(name), self.store.key("epoch", name), self.store.key("events")],
             [self.owner, self.ttl_ms, event, EVENTS_MAXLEN, name],
         )
@@ -119,8 +115,8 @@ class LeaseManager:
         if not was_valid:
             return False
         try:
-            res = await self.store.call(
-                "release", [lease.key, self.store.key("events")],
+            res = await self.store.scripts.release(
+                [lease.key, self.store.key("events")],
                 [lease.token, event, EVENTS_MAXLEN, lease.name, data],
             )
         except RedisUnavailable as e:
@@ -145,8 +141,8 @@ class LeaseManager:
             return
         t0 = time.monotonic()
         try:
-            res = await self.store.call(
-                "renew_all", [lease.key for lease in leases], [self.ttl_ms, *(lease.token for lease in leases)]
+            res = await self.store.scripts.renew_all(
+                [lease.key for lease in leases], [self.ttl_ms, *(lease.token for lease in leases)]
             )
         except RedisUnavailable:
             return  # deadlines keep running down; the next tick marks them lost
@@ -184,39 +180,38 @@ class LeaseManager:
             del self.held[lease.name]
         if notify:
             log.warning("lease %s (epoch %d) lost: %s", lease.name, lease.epoch, reason)
-            for cb in self._lost_cbs:
-                try:
-                    cb(lease)
-                except Exception:
-                    log.exception("lease-lost subscriber failed")
+            self.lost.emit(lease)
 
     # ---- fenced writes ------------------------------------------------------------------
-    def _check_valid(self, lease: Lease) -> None:
+    async def fenced(self, lease: Lease, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a fenced write ``script`` for the holder of ``lease``: refused here
+        (:class:`LeaseLost`) once the lease is no longer valid locally, and by Redis
+        (:class:`FencedWriteRefused`) unless its token is current. A refusal for the token or
+        epoch marks the lease lost; one for the object's state (``FENCED job is already …``)
+        refuses the write but leaves the lease to its holder."""
         if not lease.valid():
             raise LeaseLost(f"lease {lease.name} (epoch {lease.epoch}) is no longer ours: "
                             f"{lease.lost_reason or 'local deadline passed'}")
-
-    async def fenced_hset(self, lease: Lease, key: str, mapping: dict[str, Any]) -> None:
-        """HSET through the fence: refused unless ``lease`` is still current."""
-        self._check_valid(lease)
-        args: list[Any] = [lease.token, lease.epoch]
-        for k, v in mapping.items():
-            args += [k, v]
-        await self._fenced("fenced_hset", lease, [lease.key, key], args)
-
-    async def fenced_xadd(self, lease: Lease, key: str, fields: dict[str, Any], maxlen: int = EVENTS_MAXLEN) -> str:
-        self._check_valid(lease)
-        args: list[Any] = [lease.token, lease.epoch, maxlen]
-        for k, v in fields.items():
-            args += [k, v]
-        return str(await self._fenced("fenced_xadd", lease, [lease.key, key], args))
-
-    async def _fenced(self, script: str, lease: Lease, keys: list[str], args: list[Any]) -> Any:
         try:
-            res = await self.store.call(script, keys, args)
-        except FencedWriteRefused:
+            res = await script(keys, args)
+        except FencedWriteRefused as e:
             self.fenced_refused += 1
-            self._mark_lost(lease, "a fenced write was refused")
+            if str(e).startswith(LEASE_REFUSALS):
+                self._mark_lost(lease, "a fenced write was refused")
             raise
         self.fenced_ok += 1
         return res
+
+    async def fenced_hset(self, lease: Lease, key: str, mapping: dict[str, Any]) -> None:
+        """HSET through the fence: refused unless ``lease`` is still current."""
+        args: list[Any] = [lease.token, lease.epoch]
+        for k, v in mapping.items():
+            args += [k, v]
+        await self.fenced(lease, self.store.scripts.fenced_hset, [lease.key, key], args)
+
+    async def fenced_xadd(self, lease: Lease, key: str, fields: dict[str, Any], maxlen: int = EVENTS_MAXLEN) -> str:
+        """XADD through the fence; the entry records the writer's epoch, lower epochs are refused."""
+        args: list[Any] = [lease.token, lease.epoch, maxlen]
+        for k, v in fields.items():
+            args += [k, v]
+        return str(await self.fenced(lease, self.store.scripts.fenced_xadd, [lease.key, key], args))

@@ -7,13 +7,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from mn_node.aio import Signal
 from mn_node.link.conn import Conn
 from mn_node.link.manager import LinkManager
 
 log = logging.getLogger("mn_node.membership")
-
-MemberCallback = Callable[["Member"], None]
-
 
 @dataclass
 class Member:
@@ -41,16 +39,14 @@ class Membership:
         self._members: dict[str, Member] = {
             me: Member(me, address, "up", incarnation, now, now, 0.0, is_self=True)
         }
-        self._up: list[MemberCallback] = []
-        self._down: list[MemberCallback] = []
+        self.up: Signal[[Member]] = Signal("nodeup")  # a peer (incarnation) came up
+        self.down: Signal[[Member]] = Signal("nodedown")  # a peer went down, left or restarted
         links.on_up(self._on_link_up)
         links.on_down(self._on_link_down)
 
-    def on_nodeup(self, cb: MemberCallback) -> None:
-        self._up.append(cb)
-
-    def on_nodedown(self, cb: MemberCallback) -> None:
-        self._down.append(cb)
+    def on_nodedown(self, cb: Callable[[Member], object]) -> None:
+        """Same as ``down.connect(cb)`` (kept for the daemon's wiring)."""
+        self.down.connect(cb)
 
     def expect(self, name: str, address: str) -> None:
         """A configured or discovered peer not linked yet shows as down (never seen)."""
@@ -90,11 +86,11 @@ class Membership:
         if prev is not None and prev.status == "up" and prev.incarnation != conn.peer_inc:
             # restarted between two of our observations: report the old incarnation gone first
             prev.status, prev.reason = "down", "restarted"
-            self._emit(self._down, prev)
+            self.down.emit(prev)
         m = Member(conn.peer, host, "up", conn.peer_inc, now, now, conn.rtt_ms)
         self._members[conn.peer] = m
         log.info("nodeup %s incarnation %s", conn.peer, conn.peer_inc)
-        self._emit(self._up, m)
+        self.up.emit(m)
 
     def _on_link_down(self, conn: Conn, reason: str) -> None:
         m = self._members.get(conn.peer)
@@ -104,12 +100,4 @@ class Membership:
         m.since = time.time()
         m.reason = reason
         log.info("nodedown %s: %s", conn.peer, reason)
-        self._emit(self._down, m)
-
-    @staticmethod
-    def _emit(cbs: list[MemberCallback], m: Member) -> None:
-        for cb in cbs:
-            try:
-                cb(m)
-            except Exception:
-                log.exception("membership subscriber failed")
+        self.down.emit(m)

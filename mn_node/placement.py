@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Any
 
+from mn_node.aio import wait_event
 from mn_node.errors import RedisUnavailable
 from mn_node.jobs.runtime import JobRuntime
 from mn_node.leader import LeaderElection
@@ -53,9 +54,9 @@ class Placement:
         self._wake = asyncio.Event()
         self.sweeps = 0
         links.register(KICK, lambda frm, msg: self._wake.set())
-        members.on_nodeup(self._on_change)
-        members.on_nodedown(self._on_change)
-        runtime.on_coordinator_exit.append(lambda job_id: self._wake.set())
+        members.up.connect(self._on_change)
+        members.down.connect(self._on_change)
+        runtime.coordinator_exited.connect(lambda job_id: self._wake.set())
 
     def _on_change(self, m: Member) -> None:
         self._wake.set()
@@ -75,10 +76,7 @@ class Placement:
                 self._free_since.clear()
             except Exception:
                 log.exception("placement reconcile failed")
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, delay)
 
     async def reconcile(self) -> float:
         """One pass. Returns how long to wait before the next (shorter when a lease is about to expire)."""

@@ -103,7 +103,7 @@ class Registration:
                      self.cfg.name, existing.get("incarnation"), why)
             force = True
         args = [self.incarnation, self.ttl_ms] + (["force"] if force else []) + self._fields(load)
-        res = await self.store.call("register", [self.key], args)
+        res = await self.store.scripts.register([self.key], args)
         if int(res[0]) != 1:
             raise UnavailableError(
                 f"node name {self.cfg.name} was claimed concurrently by incarnation {res[1]}; "
@@ -128,14 +128,14 @@ class Registration:
     async def refresh(self, load: dict[str, Any]) -> bool:
         """Refresh; returns False if another incarnation took the name (we must stop)."""
         try:
-            res = await self.store.call("register", [self.key], [self.incarnation, self.ttl_ms, *self._fields(load)])
+            res = await self.store.scripts.register([self.key], [self.incarnation, self.ttl_ms, *self._fields(load)])
         except RedisUnavailable:
             return True
         return int(res[0]) == 1
 
     async def remove(self) -> None:
         try:
-            await self.store.call("unregister", [self.key], [self.incarnation])
+            await self.store.scripts.unregister([self.key], [self.incarnation])
         except RedisUnavailable:
             pass
 

@@ -1,16 +1,83 @@
-"""Every Lua script of the project, in one place (DESIGN §5). Loaded once, called by SHA.
+"""Every Lua script of the project, in one place. Loaded once, called by SHA; the Python side
+binds each one to a named attribute of :class:`mn_node.store.Scripts`.
 
 Tokens are ``node|incarnation|epoch``. A lease key holds the token of its current holder;
 ``{ns}:epoch:<lease>`` is INCRed on every grant, so epochs only grow. Fenced writes carry
 the writer's token and are refused unless it equals the lease's current value; objects that
 hold fenced state also keep ``_fence`` (the highest epoch written) and refuse lower epochs.
+
+**All or nothing.** Redis does not roll back a script's earlier writes when a later command
+or check fails, so every script first checks *everything* (tokens, fences, statuses, argument
+shapes, JSON decoding) and only then writes. A refusal leaves the data exactly as it was.
+Refusals of a fenced write are error replies starting with ``FENCED`` (raised in Python as
+:class:`~mn_node.errors.FencedWriteRefused`); :data:`LEASE_REFUSALS` are the ones that mean the
+writer's lease is no longer its own (the others refuse the write but not the writer).
 """
 
 from __future__ import annotations
 
+# Job statuses a job never leaves. The single definition: jobs/state.py re-exports it, and the
+# Lua check below is generated from it.
+TERMINAL = ("completed", "failed", "cancelled")
+
+# FENCED refusals that prove the writer's lease is lost (its token or epoch is not current);
+# ``FENCED job ...`` / ``FENCED agent ...`` refuse one write of a holder that is still current.
+LEASE_REFUSALS = ("FENCED token", "FENCED epoch")
+
+# ---- shared Lua heads (each prepended to the scripts that use it) -------------------------
+
+# now_ms(): the server's clock in ms
+_NOW_MS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# is_terminal(status)
+_TERMINAL = (
+    "local TERMINAL = {" + ", ".join(f"[{s!r}] = true" for s in TERMINAL) + "}\n"
+    "local function is_terminal(status) return status and TERMINAL[status] == true end\n"
+)
+
+# Argument checks, made before any write (an error from a command midway would not undo the
+# writes before it). check_pairs(first): ARGV[first..] is a whole number of field/value pairs;
+# check_numbers(i, ...): those ARGV are numbers. Each returns an error reply, or nil.
+_ARGS = """
+local function check_pairs(first)
+  if (#ARGV - first + 1) % 2 ~= 0 then
+    return redis.error_reply('odd number of field/value arguments')
+  end
+end
+local function check_numbers(...)
+  for _, i in ipairs({...}) do
+    if not tonumber(ARGV[i]) then
+      return redis.error_reply('argument ' .. i .. ' must be a number, got ' .. tostring(ARGV[i]))
+    end
+  end
+end
+"""
+
+# fence_error(lease key, token, epoch, fence): the FENCED refusal of a write with `token` and
+# `epoch` on an object whose highest written epoch is `fence`, or nil when it may write
+_FENCE = """
+local function fence_error(lease_key, token, epoch, fence)
+  if redis.call('GET', lease_key) ~= token then
+    return redis.error_reply('FENCED token not current')
+  end
+  if epoch < fence then
+    return redis.error_reply('FENCED epoch ' .. epoch .. ' below ' .. fence)
+  end
+end
+"""
+
+# ---- leases ---------------------------------------------------------------------------------
+
 # KEYS: lease, epoch counter, events stream
 # ARGV: owner prefix (node|incarnation), ttl ms, event type ('' = none), stream maxlen, lease name
-ACQUIRE = """
+ACQUIRE = _ARGS + """
+local err = check_numbers(2, 4)
+if err then return err end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   return {0, cur, redis.call('PTTL', KEYS[1])}
@@ -26,7 +93,8 @@ end
 return {1, token, epoch}
 """
 
-# KEYS: lease keys; ARGV[1]: ttl ms, ARGV[2..]: the token held for each key
+# KEYS: lease keys; ARGV[1]: ttl ms, ARGV[2..]: the token held for each key.
+# Per key by design: each lease is renewed or not on its own.
 RENEW_ALL = """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -41,10 +109,12 @@ return out
 """
 
 # KEYS: lease, events stream; ARGV: token, event type ('' = none), maxlen, lease name, data json
-RELEASE = """
+RELEASE = _ARGS + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
+local err = ARGV[2] ~= '' and check_numbers(3)
+if err then return err end
 redis.call('DEL', KEYS[1])
 if ARGV[2] ~= '' then
   local node, inc, epoch = string.match(ARGV[1], '^([^|]*)|([^|]*)|(%d+)$')
@@ -55,38 +125,34 @@ return 1
 """
 
 # KEYS: lease, hash; ARGV: token, epoch, field1, value1, ...
-# Returns 1, or an error reply 'FENCED <why>' (raised as a ResponseError in Python).
-FENCED_HSET = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED token not current')
-end
-local fence = tonumber(redis.call('HGET', KEYS[2], '_fence') or '0')
+# Returns 1, or an error reply 'FENCED <why>'.
+FENCED_HSET = _FENCE + _ARGS + """
 local epoch = tonumber(ARGV[2])
-if epoch < fence then
-  return redis.error_reply('FENCED epoch ' .. epoch .. ' below ' .. fence)
+local err = fence_error(KEYS[1], ARGV[1], epoch, tonumber(redis.call('HGET', KEYS[2], '_fence') or '0'))
+  or check_pairs(3)
+if err then return err end
+local args = {'HSET', KEYS[2], '_fence', epoch}
+for i = 3, #ARGV do
+  args[#args + 1] = ARGV[i]
 end
-redis.call('HSET', KEYS[2], '_fence', epoch)
-for i = 3, #ARGV, 2 do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-end
+redis.call(unpack(args))
 return 1
 """
 
 # KEYS: lease, stream; ARGV: token, epoch, maxlen, field1, value1, ...
 # A fenced append that also records the epoch; refuses epochs lower than the last appended.
-FENCED_XADD = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED token not current')
-end
+FENCED_XADD = _FENCE + _ARGS + """
+local epoch = tonumber(ARGV[2])
+local fence = 0
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #last > 0 then
   local f = last[1][2]
   for i = 1, #f, 2 do
-    if f[i] == 'epoch' and tonumber(f[i + 1]) > tonumber(ARGV[2]) then
-      return redis.error_reply('FENCED epoch ' .. ARGV[2] .. ' below ' .. f[i + 1])
-    end
+    if f[i] == 'epoch' then fence = tonumber(f[i + 1]) or 0 end
   end
 end
+local err = fence_error(KEYS[1], ARGV[1], epoch, fence) or check_numbers(3) or check_pairs(4)
+if err then return err end
 local args = {'XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'epoch', ARGV[2]}
 for i = 4, #ARGV do
   args[#args + 1] = ARGV[i]
@@ -94,25 +160,26 @@ end
 return redis.call(unpack(args))
 """
 
-# Node registration. KEYS: node hash; ARGV: incarnation, ttl ms, field1, value1, ...
-# Writes only if the hash is absent or belongs to this incarnation; stamps refreshed_ms
-# with the server's clock. Returns 1, or {0, holder incarnation} when held by another.
-REGISTER = """
+# ---- node registration ---------------------------------------------------------------------
+
+# KEYS: node hash; ARGV: incarnation, ttl ms, ['force',] field1, value1, ...
+# Writes only if the hash is absent or belongs to this incarnation (or 'force'); stamps
+# refreshed_ms with the server's clock. Returns {1, incarnation}, or {0, holder incarnation}.
+REGISTER = _NOW_MS + _ARGS + """
+local force = ARGV[3] == 'force'
 local holder = redis.call('HGET', KEYS[1], 'incarnation')
-if holder and holder ~= ARGV[1] and ARGV[3] ~= 'force' then
+if holder and holder ~= ARGV[1] and not force then
   return {0, holder}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local start = 3
-if ARGV[3] == 'force' then
-  redis.call('DEL', KEYS[1])
-  start = 4
+local first = force and 4 or 3
+local err = check_numbers(2) or check_pairs(first)
+if err then return err end
+if force then redis.call('DEL', KEYS[1]) end
+local args = {'HSET', KEYS[1], 'incarnation', ARGV[1], 'refreshed_ms', now_ms()}
+for i = first, #ARGV do
+  args[#args + 1] = ARGV[i]
 end
-redis.call('HSET', KEYS[1], 'incarnation', ARGV[1], 'refreshed_ms', now)
-for i = start, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-end
+redis.call(unpack(args))
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, ARGV[1]}
 """
@@ -130,41 +197,58 @@ return 0
 # runs completed per node), result, error, submitted_ms, updated_ms, _fence.
 # Agent states live in {ns}:job:<id>:agents as JSON {status, attempt, node, output, error}.
 
-# Coordinator write, fenced. KEYS: lease, job hash, agents hash, job events stream, active set
+# Coordinator write, fenced, all or nothing.
+# KEYS: lease, job hash, agents hash, job events stream, active set
 # ARGV: token, epoch, job fields json (object), agent states json (object id -> state json),
-#       events json (list of [type, data json]), node, terminal ('1' removes from active set)
-JOB_WRITE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('FENCED token not current')
-end
+#       events json (list of [type, data json]), node, terminal ('1' removes from active set),
+#       events stream maxlen
+JOB_WRITE = _NOW_MS + _TERMINAL + _ARGS + _FENCE + """
 local epoch = tonumber(ARGV[2])
-local fence = tonumber(redis.call('HGET', KEYS[2], '_fence') or '0')
-if epoch < fence then
-  return redis.error_reply('FENCED epoch ' .. epoch .. ' below ' .. fence)
-end
+local err = fence_error(KEYS[1], ARGV[1], epoch, tonumber(redis.call('HGET', KEYS[2], '_fence') or '0'))
+if err then return err end
 local status = redis.call('HGET', KEYS[2], 'status')
-if status == 'completed' or status == 'failed' or status == 'cancelled' then
+if is_terminal(status) then
   return redis.error_reply('FENCED job is already ' .. status)
 end
-redis.call('HSET', KEYS[2], '_fence', epoch, 'owner', ARGV[6], 'epoch', epoch)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[2], 'updated_ms', now)
-for k, v in pairs(cjson.decode(ARGV[3])) do
-  redis.call('HSET', KEYS[2], k, tostring(v))
+local ok, fields, agents, events = pcall(function()
+  return cjson.decode(ARGV[3]), cjson.decode(ARGV[4]), cjson.decode(ARGV[5])
+end)
+if not ok or type(fields) ~= 'table' or type(agents) ~= 'table' or type(events) ~= 'table' then
+  return redis.error_reply('job_write: job fields, agents and events must be JSON objects/lists')
 end
-local done = 0
-for id, st in pairs(cjson.decode(ARGV[4])) do
+err = check_numbers(8)
+if err then return err end
+local agent_ids, done = {}, 0
+for id, st in pairs(agents) do
   local old = redis.call('HGET', KEYS[3], id)
   if old and cjson.decode(old)['status'] == 'completed' then
     return redis.error_reply('FENCED agent ' .. id .. ' already completed')
   end
-  if cjson.decode(st)['status'] == 'completed' then done = done + 1 end
-  redis.call('HSET', KEYS[3], id, st)
+  local okst, new = pcall(cjson.decode, st)
+  if not okst or type(new) ~= 'table' then
+    return redis.error_reply('job_write: state of agent ' .. id .. ' is not a JSON object')
+  end
+  if new['status'] == 'completed' then done = done + 1 end
+  agent_ids[#agent_ids + 1] = id
+end
+for _, ev in ipairs(events) do
+  if type(ev[1]) ~= 'string' or type(ev[2]) ~= 'string' then
+    return redis.error_reply('job_write: every event must be [type, data json]')
+  end
+end
+-- every check passed: write
+local job = {'HSET', KEYS[2], '_fence', epoch, 'owner', ARGV[6], 'epoch', epoch, 'updated_ms', now_ms()}
+for k, v in pairs(fields) do
+  job[#job + 1] = k
+  job[#job + 1] = tostring(v)
+end
+redis.call(unpack(job))
+for _, id in ipairs(agent_ids) do
+  redis.call('HSET', KEYS[3], id, agents[id])
 end
 if done > 0 then redis.call('HINCRBY', KEYS[2], 'agents_done', done) end
-for _, ev in ipairs(cjson.decode(ARGV[5])) do
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 'type', ev[1], 'node', ARGV[6],
+for _, ev in ipairs(events) do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'type', ev[1], 'node', ARGV[6],
     'epoch', epoch, 'data', ev[2])
 end
 if ARGV[7] == '1' then redis.call('SREM', KEYS[5], string.match(KEYS[2], ':job:(.*)$')) end
@@ -192,21 +276,23 @@ end
 # its attempt is still the current one and the job is still running.
 # KEYS: job hash, agents hash, runs hash ; ARGV: agent id, attempt, node, output json,
 #       'completed' | 'failed', error text
-STORE_RESULT = _CURRENT_ATTEMPT + """
-local t = redis.call('TIME')
-st['finished_ms'] = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+STORE_RESULT = _NOW_MS + _CURRENT_ATTEMPT + """
+st['finished_ms'] = now_ms()
 st['node'] = ARGV[3]
 if ARGV[5] == 'completed' then
   st['status'] = 'completed'
   st['output'] = ARGV[4]
-  redis.call('HINCRBY', KEYS[1], 'agents_done', 1)
-  redis.call('HINCRBY', KEYS[1], 'node:' .. ARGV[3], 1)
 else
   st['status'] = 'failed'
   st['error'] = ARGV[6]
 end
-redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(st))
+local encoded = cjson.encode(st)
+redis.call('HSET', KEYS[2], ARGV[1], encoded)
 redis.call('HSET', KEYS[1], 'updated_ms', st['finished_ms'])
+if ARGV[5] == 'completed' then
+  redis.call('HINCRBY', KEYS[1], 'agents_done', 1)
+  redis.call('HINCRBY', KEYS[1], 'node:' .. ARGV[3], 1)
+end
 return {1, st['status']}
 """
 
@@ -218,32 +304,19 @@ CLAIM_START = _CURRENT_ATTEMPT + """
 return {1, redis.call('HINCRBY', KEYS[3], ARGV[1], 1)}
 """
 
-# KEYS: job hash, job events stream, active set ; ARGV: job id, node, reason
-CANCEL_JOB = """
+# KEYS: job hash, job events stream, active set ; ARGV: job id, node, reason, events maxlen
+# Returns {1, previous status}, or {0, status} when the job is unknown or already terminal.
+CANCEL_JOB = _NOW_MS + _TERMINAL + _ARGS + """
+local err = check_numbers(4)
+if err then return err end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, 'unknown'} end
-if status == 'completed' or status == 'failed' or status == 'cancelled' then
+if is_terminal(status) then
   return {0, status}
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated_ms', now, 'error', ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated_ms', now_ms(), 'error', ARGV[3])
 redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'type', 'job_cancelled', 'node', ARGV[2],
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'job_cancelled', 'node', ARGV[2],
   'epoch', '', 'data', cjson.encode({reason = ARGV[3], previous = status}))
 return {1, status}
 """
-
-ALL = {
-    "acquire": ACQUIRE,
-    "renew_all": RENEW_ALL,
-    "release": RELEASE,
-    "fenced_hset": FENCED_HSET,
-    "fenced_xadd": FENCED_XADD,
-    "register": REGISTER,
-    "unregister": UNREGISTER,
-    "job_write": JOB_WRITE,
-    "store_result": STORE_RESULT,
-    "claim_start": CLAIM_START,
-    "cancel_job": CANCEL_JOB,
-}

@@ -1,4 +1,5 @@
-"""The Redis connection: one client, all scripts by SHA, availability and ``run_id`` tracking."""
+"""The Redis connection: one client, every script as a named attribute, availability and
+``run_id`` tracking."""
 
 from __future__ import annotations
 
@@ -6,19 +7,59 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 
 from mn_node import scripts
+from mn_node.aio import Signal
 from mn_node.config import redact_url
 from mn_node.errors import FencedWriteRefused, RedisUnavailable
 
 log = logging.getLogger("mn_node.store")
 
+# Length cap (approximate MAXLEN) of every events stream: the cluster's and each job's.
 EVENTS_MAXLEN = 10_000
+
+
+class Script:
+    """One Lua script of :mod:`mn_node.scripts` bound to a :class:`Store`:
+    ``await script(keys, args)`` runs it by SHA with the store's error handling.
+    ``redis_script`` is the plain redis-py script (e.g. to queue it on a pipeline)."""
+
+    __slots__ = ("_store", "name", "redis_script")
+
+    def __init__(self, store: Store, name: str, source: str) -> None:
+        self._store = store
+        self.name = name
+        self.redis_script: AsyncScript = store.r.register_script(source)
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._store.run_script(self, keys, args)
+
+
+class Scripts:
+    """Every script as a named attribute, so a misspelt script fails at type-check time (and
+    at attribute lookup), never as a missing-name lookup in the middle of a run. Sources are
+    read from :mod:`mn_node.scripts` when the store is made."""
+
+    def __init__(self, store: Store) -> None:
+        self.acquire = Script(store, "acquire", scripts.ACQUIRE)
+        self.renew_all = Script(store, "renew_all", scripts.RENEW_ALL)
+        self.release = Script(store, "release", scripts.RELEASE)
+        self.fenced_hset = Script(store, "fenced_hset", scripts.FENCED_HSET)
+        self.fenced_xadd = Script(store, "fenced_xadd", scripts.FENCED_XADD)
+        self.register = Script(store, "register", scripts.REGISTER)
+        self.unregister = Script(store, "unregister", scripts.UNREGISTER)
+        self.job_write = Script(store, "job_write", scripts.JOB_WRITE)
+        self.store_result = Script(store, "store_result", scripts.STORE_RESULT)
+        self.claim_start = Script(store, "claim_start", scripts.CLAIM_START)
+        self.cancel_job = Script(store, "cancel_job", scripts.CANCEL_JOB)
 
 
 class Store:
@@ -30,15 +71,19 @@ class Store:
             socket_timeout=op_timeout,
             socket_connect_timeout=op_timeout,
             decode_responses=True,
-            retry_on_timeout=False,
+            # No silent retries: a failed command surfaces at once (as RedisUnavailable), so
+            # a lease holder never has a renewal or fenced write retried behind its back past
+            # its local deadline, and every caller decides itself whether to try again.
+            retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        self.s = {name: self.r.register_script(src) for name, src in scripts.ALL.items()}
+        self.scripts = Scripts(self)
         self.available = False
         self.last_error = "not connected yet"
         self.run_id: str | None = None
         self._suspect_restart = True
-        self._restart_cbs: list[Callable[[str, str | None], None]] = []
+        # (new run_id, old run_id) when the server's run_id changes: every lease is lost
+        self.restarted: Signal[[str, str | None]] = Signal("redis restarted")
 
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -46,10 +91,6 @@ class Store:
     @property
     def display_url(self) -> str:
         return redact_url(self.url)
-
-    def on_restart(self, cb: Callable[[str, str | None], None]) -> None:
-        """Called with (new run_id, old run_id) when the server's run_id changes."""
-        self._restart_cbs.append(cb)
 
     # ---- availability -----------------------------------------------------------------
     def mark_error(self, err: BaseException) -> None:
@@ -71,8 +112,7 @@ class Store:
                 self._suspect_restart = False
                 if old is not None and new != old:
                     log.warning("redis restarted (run_id %s -> %s): treating all leases as lost", old[:8], new[:8])
-                    for cb in self._restart_cbs:
-                        cb(new, old)
+                    self.restarted.emit(new, old)
             else:
                 await self.r.ping()
         except (TimeoutError, RedisError, OSError) as e:
@@ -84,18 +124,18 @@ class Store:
         self.last_error = ""
         return True
 
-    async def call(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run a script by name; connection problems become :class:`RedisUnavailable`,
-        fencing refusals :class:`FencedWriteRefused`."""
+    async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run ``script`` (call it as ``store.scripts.<name>(keys, args)``); connection
+        problems become :class:`RedisUnavailable`, fencing refusals :class:`FencedWriteRefused`."""
         await self._settle_restart()
         try:
-            res = await self.s[name](keys=keys, args=args)
+            res = await script.redis_script(keys=list(keys), args=list(args))
         except ResponseError as e:
             if str(e).startswith("FENCED"):
                 raise FencedWriteRefused(str(e)) from None
             if isinstance(e, ReadOnlyError):
                 self.mark_error(e)
-            raise RedisUnavailable(f"redis refused {name}: {e}") from None
+            raise RedisUnavailable(f"redis refused {script.name}: {e}") from None
         except (TimeoutError, RedisError, OSError) as e:
             self.mark_error(e)
             raise RedisUnavailable(f"redis unreachable: {_describe(e)}") from None

@@ -66,14 +66,14 @@ async def test_stale_token_renew_and_release_refused(stores: Callable[[], Store]
     await gone(s, la.key)
     lb = await acquired(b, "cluster:leader")
     # the script itself refuses the stale token (no local shortcut involved)
-    assert await s.call("renew_all", [la.key], [60_000, la.token]) == [0]
-    assert await s.call("release", [la.key, s.key("events")], [la.token, "", 100, la.name, "{}"]) == 0
+    assert await s.scripts.renew_all([la.key], [60_000, la.token]) == [0]
+    assert await s.scripts.release([la.key, s.key("events")], [la.token, "", 100, la.name, "{}"]) == 0
     assert await s.r.get(la.key) == lb.token
     assert 0 < await s.r.pttl(la.key) <= 5000  # and its TTL was not touched
     # through the manager: the stale holder learns it lost the lease
     la.deadline = time.monotonic() + 10  # pretend the local deadline had not passed yet
     lost: list[Lease] = []
-    a.on_lost(lost.append)
+    a.lost.connect(lost.append)
     await a.renew_all()
     assert lost == [la] and la.is_lost and "no longer holds our token" in la.lost_reason
     assert not await a.release(la)
@@ -105,7 +105,7 @@ async def test_fenced_write_with_old_epoch_refused_after_newer_grant(stores: Cal
     with pytest.raises(LeaseLost):
         await a.fenced_hset(la, target, {"owner": "a", "n": 4})  # now refused locally too
     with pytest.raises(FencedWriteRefused):
-        await s.call("fenced_xadd", [la.key, s.key("stream")], [la.token, la.epoch, 100, "k", "v"])
+        await s.scripts.fenced_xadd([la.key, s.key("stream")], [la.token, la.epoch, 100, "k", "v"])
     assert await s.r.hgetall(target) == {"owner": "b", "n": "2", "_fence": str(lb.epoch)}
 
 
@@ -114,13 +114,13 @@ async def test_fence_refuses_lower_epoch_even_with_a_current_token(stores: Calla
     s = stores()
     lease, target, stream = s.key("lease", "x"), s.key("obj"), s.key("stream")
     await s.r.set(lease, "n|i|5")
-    assert await s.call("fenced_hset", [lease, target], ["n|i|5", 5, "f", "v5"]) == 1
-    await s.call("fenced_xadd", [lease, stream], ["n|i|5", 5, 100, "f", "v5"])
+    assert await s.scripts.fenced_hset([lease, target], ["n|i|5", 5, "f", "v5"]) == 1
+    await s.scripts.fenced_xadd([lease, stream], ["n|i|5", 5, 100, "f", "v5"])
     await s.r.set(lease, "n|i|4")
     with pytest.raises(FencedWriteRefused, match="epoch 4 below 5"):
-        await s.call("fenced_hset", [lease, target], ["n|i|4", 4, "f", "v4"])
+        await s.scripts.fenced_hset([lease, target], ["n|i|4", 4, "f", "v4"])
     with pytest.raises(FencedWriteRefused, match="epoch 4 below 5"):
-        await s.call("fenced_xadd", [lease, stream], ["n|i|4", 4, 100, "f", "v4"])
+        await s.scripts.fenced_xadd([lease, stream], ["n|i|4", 4, 100, "f", "v4"])
     assert await s.r.hget(target, "f") == "v5"
 
 
@@ -131,10 +131,10 @@ async def test_restarted_incarnation_cannot_renew_predecessor_lease(stores: Call
     new = LeaseManager(s, "a@h", "inc-new", 10_000, 1000)
     # same node name, same epoch, new incarnation: not the same owner
     forged = f"a@h|inc-new|{lo.epoch}"
-    assert await s.call("renew_all", [lo.key], [10_000, forged]) == [0]
-    assert await s.call("release", [lo.key, s.key("events")], [forged, "", 100, lo.name, "{}"]) == 0
+    assert await s.scripts.renew_all([lo.key], [10_000, forged]) == [0]
+    assert await s.scripts.release([lo.key, s.key("events")], [forged, "", 100, lo.name, "{}"]) == 0
     with pytest.raises(FencedWriteRefused):
-        await s.call("fenced_hset", [lo.key, s.key("obj")], [forged, lo.epoch, "f", "v"])
+        await s.scripts.fenced_hset([lo.key, s.key("obj")], [forged, lo.epoch, "f", "v"])
     held = await new.acquire("cluster:leader")
     assert isinstance(held, Holder) and held.token == lo.token  # it must wait like anyone else
     assert await s.r.get(lo.key) == lo.token
@@ -147,7 +147,7 @@ async def test_local_deadline_stops_holder_without_redis(
     a = LeaseManager(s, "a@h", "inc-a", 600, 100)
     la = await acquired(a, "job:9")
     lost: list[str] = []
-    a.on_lost(lambda lease: lost.append(lease.lost_reason))
+    a.lost.connect(lambda lease: lost.append(lease.lost_reason))
     task = asyncio.get_running_loop().create_task(a.run())
     redis_server.pause()
     try:
@@ -180,13 +180,14 @@ async def test_ten_thousand_leases_renewed_in_one_round_trip(
     names = [f"job:{k}" for k in range(n)]
     # grant them in a pipeline of script calls (acquire is one script per lease)
     pipe = s.r.pipeline(transaction=False)
+    acquire = s.scripts.acquire.redis_script  # the plain redis-py script, queued on the pipeline
     for name in names:
-        await s.s["acquire"](keys=[m.lease_key(name), s.key("epoch", name), s.key("events")],
-                             args=[m.owner, m.ttl_ms, "", 100, name], client=pipe)
+        await acquire(keys=[m.lease_key(name), s.key("epoch", name), s.key("events")],
+                      args=[m.owner, m.ttl_ms, "", 100, name], client=pipe)
     res = await pipe.execute()
     for name, r in zip(names, res, strict=True):
         m.held[name] = Lease(name, m.lease_key(name), str(r[1]), int(r[2]), time.monotonic() + 1)
-    await s.call("renew_all", [], [1])  # the script is loaded once per server (by SHA)
+    await s.scripts.renew_all([], [1])  # the script is loaded once per server (by SHA)
     sync = redis_server.client()
     before = _evalsha_calls(sync)
     await m.renew_all()

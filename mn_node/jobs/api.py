@@ -17,6 +17,7 @@ from mn_node.jobs.state import (
     TERMINAL,
     JobKeys,
     agent_states,
+    cancel_job,
     create_job,
     get_job,
     job_events,
@@ -160,15 +161,13 @@ async def cancel(request: web.Request) -> web.Response:
     unavailable = _need_redis(node)
     if unavailable is not None:
         return unavailable
-    k = JobKeys(node.store, job_id)
-    res = await node.store.call("cancel_job", [k.job, k.events, node.store.key("jobs", "active")],
-                                [job_id, node.cfg.name, f"cancelled via API on {node.cfg.name}"])
-    if int(res[0]) != 1:
-        return error(409, f"job {job_id} is already {res[1]}", "only pending or running jobs can be cancelled")
+    cancelled, previous = await cancel_job(node.store, job_id, node.cfg.name, f"cancelled via API on {node.cfg.name}")
+    if not cancelled:
+        return error(409, f"job {job_id} is already {previous}", "only pending or running jobs can be cancelled")
     token = await node.store.guard(node.store.r.get(node.store.key("lease", f"job:{job_id}")))
     if token:
         node.jobs.tell_owner_cancel(Holder(token, 0).node, job_id)
-    return json_response({"job_id": job_id, "status": "cancelled", "previous": res[1]})
+    return json_response({"job_id": job_id, "status": "cancelled", "previous": previous})
 
 
 def add_routes(app: web.Application) -> None:

@@ -14,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from mn_node.aio import wait_event
 from mn_node.errors import (
     FencedWriteRefused,
     LeaseLost,
@@ -25,6 +26,7 @@ from mn_node.jobs.manifest import Manifest, validate
 from mn_node.jobs.reducers import REDUCERS
 from mn_node.jobs.state import TERMINAL, AgentState, JobKeys, agent_states, get_job
 from mn_node.leases import Lease
+from mn_node.store import EVENTS_MAXLEN
 
 if TYPE_CHECKING:
     from mn_node.jobs.runtime import JobRuntime
@@ -69,26 +71,17 @@ class Coordinator:
     # ---- fenced writes --------------------------------------------------------------------
     async def write(self, job: dict[str, Any] | None = None, agents: dict[str, AgentState] | None = None,
                     events: list[tuple[str, dict[str, Any]]] | None = None, terminal: bool = False) -> None:
-        if not self.lease.valid():
-            raise LeaseLost(f"lease job:{self.job_id} no longer valid: {self.lease.lost_reason or 'deadline passed'}")
+        """One all-or-nothing fenced ``job_write``: job fields, agent states, events, and
+        (``terminal``) leaving the active set. Raises LeaseLost / FencedWriteRefused."""
         args = [
             self.lease.token, self.lease.epoch,
             json.dumps({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in (job or {}).items()}),
             json.dumps({aid: st.encode() for aid, st in (agents or {}).items()}) if agents else "{}",
             json.dumps([[t, json.dumps(d, separators=(",", ":"))] for t, d in (events or [])]) if events else "[]",
-            self.rt.node, "1" if terminal else "0",
+            self.rt.node, "1" if terminal else "0", EVENTS_MAXLEN,
         ]
-        try:
-            await self.rt.store.call(
-                "job_write",
-                [self.lease.key, self.keys.job, self.keys.agents, self.keys.events,
-                 self.rt.store.key("jobs", "active")],
-                args,
-            )
-            self.rt.leases.fenced_ok += 1
-        except FencedWriteRefused:
-            self.rt.leases.fenced_refused += 1
-            raise
+        keys = [self.lease.key, self.keys.job, self.keys.agents, self.keys.events, self.rt.store.key("jobs", "active")]
+        await self.rt.leases.fenced(self.lease, self.rt.store.scripts.job_write, keys, args)
         for aid, st in (agents or {}).items():
             self.states[aid] = st
 
@@ -152,10 +145,7 @@ class Coordinator:
             if await self._step():
                 return
             if not self._notified:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.rt.tick)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, self.rt.tick)
             if time.monotonic() - last_full >= FULL_REFRESH_S:
                 last_full = time.monotonic()
                 if await self._refresh_full():

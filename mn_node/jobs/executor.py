@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from mn_node.aio import Backoff
 from mn_node.errors import LinkError, RedisUnavailable
 from mn_node.jobs import tasks
 from mn_node.jobs.state import JobKeys
@@ -186,7 +187,7 @@ class ExecutorService:
         """Count this start (``claim_start`` script) only if the attempt is still the dispatched
         one of a running job; a late request is dropped instead of re-running a completed
         executor (its result would be refused by ``store_result`` anyway)."""
-        res = await self.store.call("claim_start", [k.job, k.agents, k.runs], [run.agent, run.attempt])
+        res = await self.store.scripts.claim_start([k.job, k.agents, k.runs], [run.agent, run.attempt])
         if int(res[0]) != 1:
             log.debug("claim of %s/%s attempt %d refused: %s", run.job_id, run.agent, run.attempt, res[1])
         return int(res[0]) == 1
@@ -194,17 +195,18 @@ class ExecutorService:
     async def _store(self, run: Run, k: JobKeys, output: Any, outcome: str, err: str) -> None:
         deadline = time.monotonic() + STORE_RETRY_S
         payload = json.dumps(output, separators=(",", ":"))
+        backoff = Backoff(0.1, 1.0)
         while True:
             try:
-                res = await self.store.call(
-                    "store_result", [k.job, k.agents, k.runs],
+                res = await self.store.scripts.store_result(
+                    [k.job, k.agents, k.runs],
                     [run.agent, run.attempt, self.node, payload, outcome, err],
                 )
                 break
             except RedisUnavailable:
                 if time.monotonic() > deadline:
                     raise
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(backoff.next_delay())
         if int(res[0]) != 1:
             self.refused += 1
             log.info("result of %s/%s attempt %d refused: %s", run.job_id, run.agent, run.attempt, res[1])

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+from mn_node.aio import Signal
 from mn_node.errors import MirrorNeuronError, NotConnected
 from mn_node.jobs.coordinator import Coordinator
 from mn_node.jobs.executor import ExecutorService
@@ -38,10 +39,11 @@ class JobRuntime:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._caps: dict[str, int] = {}
         self._caps_at = 0.0
-        self.on_coordinator_exit: list[Any] = []
+        # a coordinator of this node stopped (its job id): placement looks again at once
+        self.coordinator_exited: Signal[[str]] = Signal("coordinator exited")
         links.register("job.agent_done", self._on_agent_done)
         links.register("job.cancel", self._on_cancel)
-        leases.on_lost(self._on_lease_lost)
+        leases.lost.connect(self._on_lease_lost)
 
     def start(self) -> None:
         self.executor.start()
@@ -66,8 +68,7 @@ class JobRuntime:
             self._tasks.pop(c.job_id, None)
         if c.lease.valid():
             asyncio.get_running_loop().create_task(self.leases.release(c.lease))
-        for cb in self.on_coordinator_exit:
-            cb(c.job_id)
+        self.coordinator_exited.emit(c.job_id)
 
     def _on_lease_lost(self, lease: Lease) -> None:
         if lease.name.startswith("job:"):

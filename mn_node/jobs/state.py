@@ -1,4 +1,4 @@
-"""Job records in Redis (DESIGN §5 keys) and their JSON views."""
+"""Job records in Redis and their JSON views."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mn_node.jobs.manifest import Manifest
-from mn_node.store import Store, decode_event
+from mn_node.scripts import TERMINAL as TERMINAL  # job statuses never left (defined with the Lua)
+from mn_node.store import EVENTS_MAXLEN, Store, decode_event
 
 ACTIVE = ("pending", "running")
-TERMINAL = ("completed", "failed", "cancelled")
-EVENTS_MAXLEN = 10_000
 
 
 @dataclass
@@ -80,6 +79,15 @@ async def create_job(store: Store, manifest: Manifest, node: str, request: dict[
             {"agents": len(manifest.agents), "graph_id": manifest.graph_id})}, maxlen=EVENTS_MAXLEN, approximate=True)
     await store.guard(pipe.execute())
     return job_id
+
+
+async def cancel_job(store: Store, job_id: str, node: str, reason: str) -> tuple[bool, str]:
+    """Cancel a pending or running job (``cancel_job`` script). Returns (True, previous
+    status), or (False, current status) when it is unknown (``"unknown"``) or already terminal."""
+    k = JobKeys(store, job_id)
+    res = await store.scripts.cancel_job([k.job, k.events, store.key("jobs", "active")],
+                                         [job_id, node, reason, EVENTS_MAXLEN])
+    return int(res[0]) == 1, str(res[1])
 
 
 def job_view(h: dict[str, str], with_spec: bool = False) -> dict[str, Any]:

@@ -53,8 +53,6 @@ return redis.call(unpack(args))
 def break_fencing() -> None:
     scripts.FENCED_HSET = UNFENCED_HSET
     scripts.FENCED_XADD = UNFENCED_XADD
-    scripts.ALL["fenced_hset"] = UNFENCED_HSET
-    scripts.ALL["fenced_xadd"] = UNFENCED_XADD
 
 
 def install_stall(at_beat: int, seconds: float) -> None:
@@ -79,12 +77,12 @@ def install_stall(at_beat: int, seconds: float) -> None:
             args: list[Any] = [lease.token, lease.epoch]
             for k, v in fields.items():
                 args += [k, v]
-            await store.call("fenced_hset", [lease.key, store.key("leader", "beat")], args)
+            await store.scripts.fenced_hset([lease.key, store.key("leader", "beat")], args)
             del fields["epoch"]
             args = [lease.token, lease.epoch, leader_mod.HISTORY_MAXLEN]
             for k, v in fields.items():
                 args += [k, v]
-            await store.call("fenced_xadd", [lease.key, store.key("leader", "history")], args)
+            await store.scripts.fenced_xadd([lease.key, store.key("leader", "history")], args)
             log.warning("BROKEN: stale beat %d with epoch %d was ACCEPTED by Redis", seq, lease.epoch)
         except (FencedWriteRefused, LeaseLost, RedisUnavailable) as e:
             log.warning("BROKEN: stale beat %d with epoch %d refused: %s", seq, lease.epoch, e)

@@ -3,9 +3,15 @@ attempt of a running job, and a result only for that attempt."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from typing import Any
 
-from mn_node.store import Store
+import pytest
+
+from mn_node.errors import FencedWriteRefused, LeaseLost, RedisUnavailable
+from mn_node.leases import Lease, LeaseManager
+from mn_node.store import EVENTS_MAXLEN, Store
 from tests.support.redis import RedisServer
 
 KEYS = ["ns:job:j1", "ns:job:j1:agents", "ns:job:j1:runs"]
@@ -21,10 +27,10 @@ async def _store(redis_server: RedisServer) -> Store:
 async def test_claim_start_counts_only_the_current_attempt(redis_server: RedisServer) -> None:
     s = await _store(redis_server)
     try:
-        assert list(await s.call("claim_start", KEYS, ["prime_1", 2])) == [1, 1]
-        stale = await s.call("claim_start", KEYS, ["prime_1", 1])
+        assert list(await s.scripts.claim_start(KEYS, ["prime_1", 2])) == [1, 1]
+        stale = await s.scripts.claim_start(KEYS, ["prime_1", 1])
         assert stale[0] == 0 and "not current" in stale[1]
-        assert (await s.call("claim_start", KEYS, ["nobody", 2]))[0] == 0
+        assert (await s.scripts.claim_start(KEYS, ["nobody", 2]))[0] == 0
         assert await s.r.hget(KEYS[2], "prime_1") == "1"
     finally:
         await s.close()
@@ -35,12 +41,12 @@ async def test_late_start_after_completion_is_refused(redis_server: RedisServer)
     completed elsewhere; it must not run (runs stays 1) and its result is refused."""
     s = await _store(redis_server)
     try:
-        assert (await s.call("claim_start", KEYS, ["prime_1", 2]))[0] == 1
-        done = await s.call("store_result", KEYS, ["prime_1", 2, "n2", "[3]", "completed", ""])
+        assert (await s.scripts.claim_start(KEYS, ["prime_1", 2]))[0] == 1
+        done = await s.scripts.store_result(KEYS, ["prime_1", 2, "n2", "[3]", "completed", ""])
         assert done[0] == 1
-        late = await s.call("claim_start", KEYS, ["prime_1", 2])
+        late = await s.scripts.claim_start(KEYS, ["prime_1", 2])
         assert late[0] == 0 and "completed" in late[1]
-        again = await s.call("store_result", KEYS, ["prime_1", 2, "n1", "[3]", "completed", ""])
+        again = await s.scripts.store_result(KEYS, ["prime_1", 2, "n1", "[3]", "completed", ""])
         assert again[0] == 0
         assert await s.r.hget(KEYS[2], "prime_1") == "1"
         assert await s.r.hget(KEYS[0], "agents_done") == "1"
@@ -52,8 +58,128 @@ async def test_no_start_once_the_job_is_cancelled(redis_server: RedisServer) -> 
     s = await _store(redis_server)
     try:
         await s.r.hset(KEYS[0], "status", "cancelled")
-        res = await s.call("claim_start", KEYS, ["prime_1", 2])
+        res = await s.scripts.claim_start(KEYS, ["prime_1", 2])
         assert res[0] == 0 and "cancelled" in res[1]
         assert await s.r.hget(KEYS[2], "prime_1") is None
+    finally:
+        await s.close()
+
+
+async def _job_write_snapshot(s: Store, job: str) -> tuple[dict[str, str], dict[str, str], list[Any], bool]:
+    return (await s.r.hgetall(f"ns:job:{job}"), await s.r.hgetall(f"ns:job:{job}:agents"),
+            await s.r.xrange(f"ns:job:{job}:events"), bool(await s.r.sismember("ns:jobs:active", job)))
+
+
+async def _running_job(s: Store, leases: LeaseManager, job: str) -> Lease:
+    """A running job j with agent b completed, coordinated by ``leases``' node."""
+    lease = await leases.acquire(f"job:{job}")
+    assert isinstance(lease, Lease)
+    await s.r.hset(f"ns:job:{job}", mapping={"status": "running", "agents_done": "1", "_fence": lease.epoch})
+    await s.r.hset(f"ns:job:{job}:agents", "b", json.dumps({"status": "completed", "attempt": 1}))
+    await s.r.xadd(f"ns:job:{job}:events", {"type": "job_running"})
+    await s.r.sadd("ns:jobs:active", job)
+    return lease
+
+
+def _job_write_args(lease: Lease, job: str, agents: dict[str, str] | Any, maxlen: Any = EVENTS_MAXLEN) \
+        -> tuple[list[str], list[Any]]:
+    keys = [lease.key, f"ns:job:{job}", f"ns:job:{job}:agents", f"ns:job:{job}:events", "ns:jobs:active"]
+    args = [lease.token, lease.epoch, json.dumps({"status": "completed", "result": "x"}), json.dumps(agents),
+            json.dumps([["agent_completed", "{}"], ["job_completed", "{}"]]), "n1", "1", maxlen]
+    return keys, args
+
+
+A_DONE = json.dumps({"status": "completed", "attempt": 1})
+
+
+async def test_job_write_refusal_writes_nothing(redis_server: RedisServer) -> None:
+    """JOB_WRITE is all-or-nothing: job fields + agent A (new) + agent B (already completed)
+    is refused, and the job hash, agent A, the events stream and the active set are left as
+    they were (Redis does not roll back a script's earlier writes, so the script checks first)."""
+    s = Store(redis_server.url, "ns")
+    leases = LeaseManager(s, "n1", "inc", 10_000, 1000)
+    try:
+        lease = await _running_job(s, leases, "j2")
+        before = await _job_write_snapshot(s, "j2")
+        b_again = json.dumps({"status": "dispatched", "attempt": 2})
+        keys, args = _job_write_args(lease, "j2", {"a": A_DONE, "b": b_again})
+        with pytest.raises(FencedWriteRefused, match="agent b already completed"):
+            await s.scripts.job_write(keys, args)
+        assert await _job_write_snapshot(s, "j2") == before
+        # the same write without agent b goes through, whole
+        keys, args = _job_write_args(lease, "j2", {"a": A_DONE})
+        assert await s.scripts.job_write(keys, args) == 1
+        h, agents, events, active = await _job_write_snapshot(s, "j2")
+        assert h["status"] == "completed" and h["agents_done"] == "2" and h["owner"] == "n1"
+        assert json.loads(agents["a"])["status"] == "completed" and len(events) == 3 and not active
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize("case", ["bad agent json", "bad maxlen", "stale token", "terminal job"])
+async def test_job_write_refused_for_any_reason_writes_nothing(redis_server: RedisServer, case: str) -> None:
+    s = Store(redis_server.url, "ns")
+    leases = LeaseManager(s, "n1", "inc", 10_000, 1000)
+    try:
+        lease = await _running_job(s, leases, "j3")
+        agents: dict[str, str] = {"a": A_DONE}
+        maxlen: Any = EVENTS_MAXLEN
+        if case == "bad agent json":
+            agents["c"] = "{not json"
+        elif case == "bad maxlen":
+            maxlen = "lots"
+        elif case == "stale token":
+            lease = dataclasses.replace(lease, token=lease.token + "0")
+        else:
+            await s.r.hset("ns:job:j3", "status", "cancelled")
+        before = await _job_write_snapshot(s, "j3")
+        keys, args = _job_write_args(lease, "j3", agents, maxlen)
+        with pytest.raises((FencedWriteRefused, RedisUnavailable)):
+            await s.scripts.job_write(keys, args)
+        assert await _job_write_snapshot(s, "j3") == before
+    finally:
+        await s.close()
+
+
+async def test_malformed_field_lists_write_nothing(redis_server: RedisServer) -> None:
+    """An odd field/value list is refused before the first write (no half-written _fence,
+    no deleted registration)."""
+    s = Store(redis_server.url, "ns")
+    leases = LeaseManager(s, "n1", "inc", 10_000, 1000)
+    try:
+        lease = await leases.acquire("obj")
+        assert isinstance(lease, Lease)
+        with pytest.raises(RedisUnavailable, match="odd number"):
+            await s.scripts.fenced_hset([lease.key, "ns:obj"], [lease.token, lease.epoch, "f"])
+        with pytest.raises(RedisUnavailable, match="odd number"):
+            await s.scripts.fenced_xadd([lease.key, "ns:stream"], [lease.token, lease.epoch, 100, "f"])
+        assert not await s.r.exists("ns:obj", "ns:stream")
+        assert await s.scripts.register(["ns:node:n1"], ["inc-1", 10_000, "name", "n1"]) == [1, "inc-1"]
+        with pytest.raises(RedisUnavailable, match="odd number"):
+            await s.scripts.register(["ns:node:n1"], ["inc-2", 10_000, "force", "name"])
+        assert await s.r.hget("ns:node:n1", "incarnation") == "inc-1"
+    finally:
+        await s.close()
+
+
+async def test_fenced_refusal_loses_the_lease_only_for_token_or_epoch(redis_server: RedisServer) -> None:
+    """``LeaseManager.fenced``: a job that is already terminal refuses the write but the lease
+    stays its holder's; a token that is not current loses it."""
+    s = Store(redis_server.url, "ns")
+    leases = LeaseManager(s, "n1", "inc", 10_000, 1000)
+    try:
+        lease = await _running_job(s, leases, "j4")
+        await s.r.hset("ns:job:j4", "status", "cancelled")
+        keys, args = _job_write_args(lease, "j4", {"a": A_DONE})
+        with pytest.raises(FencedWriteRefused, match="already cancelled"):
+            await leases.fenced(lease, s.scripts.job_write, keys, args)
+        assert lease.valid() and leases.fenced_refused == 1
+        await s.r.set(lease.key, "someone|else|99")
+        await s.r.hset("ns:job:j4", "status", "running")
+        with pytest.raises(FencedWriteRefused, match="token not current"):
+            await leases.fenced(lease, s.scripts.job_write, keys, args)
+        assert not lease.valid() and leases.fenced_refused == 2
+        with pytest.raises(LeaseLost):
+            await leases.fenced(lease, s.scripts.job_write, keys, args)
     finally:
         await s.close()
