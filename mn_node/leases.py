@@ -31,18 +31,11 @@ class Lease:
     token: str
     epoch: int
     deadline: float
-    granted_wall: float = field(default_factory=time.time)
     lost_reason: str = ""
     _lost: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     def valid(self) -> bool:
         return not self._lost.is_set() and time.monotonic() < self.deadline
-
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - time.monotonic()) if not self._lost.is_set() else 0.0
-
-    async def wait_lost(self) -> None:
-        await self._lost.wait()
 
     @property
     def is_lost(self) -> bool:
@@ -85,7 +78,6 @@ class LeaseManager:
         self.fenced_ok = 0
         self.fenced_refused = 0
         self.renewals = 0
-        self._task: asyncio.Task[None] | None = None
         store.restarted.connect(lambda new, old: self.lose_all("redis restarted"))
 
     def lease_key(self, name: str) -> str:

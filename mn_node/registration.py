@@ -84,7 +84,7 @@ class Registration:
         return out
 
     async def claim(self, load: dict[str, Any]) -> None:
-        """Register, refusing a name held by a live other incarnation (exit 69)."""
+        """Register, refusing a name held by a live other incarnation (:class:`UnavailableError`, exit 69)."""
         existing = await self.store.guard(self.store.r.hgetall(self.key))
         force = False
         if existing and existing.get("incarnation") != self.incarnation:

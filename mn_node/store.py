@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -188,10 +187,6 @@ def _describe(err: BaseException) -> str:
     if isinstance(err, asyncio.TimeoutError) or "Timeout" in type(err).__name__:
         return "timed out"
     return text.splitlines()[0][:200]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def decode_event(eid: str, fields: dict[str, str]) -> dict[str, Any]:

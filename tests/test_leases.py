@@ -209,10 +209,14 @@ async def test_redis_restart_loses_all_leases(stores: Callable[[], Store], redis
     m = LeaseManager(s, "a@h", "inc-a", 30_000, 1000)
     la = await acquired(m, "cluster:leader")
     assert await s.check()
+    old_run_id = s.run_id
+    restarts: list[tuple[str, str | None]] = []
+    s.restarted.connect(lambda new, old: restarts.append((new, old)))
     redis_server.restart()  # same port and dir: AOF brings the key back with its old token
     await async_wait_until(s.check, 10, "redis to answer again")
     assert la.is_lost and la.lost_reason == "redis restarted"
     assert m.held == {}
+    assert restarts == [(s.run_id, old_run_id)] and s.run_id != old_run_id
 
 
 async def test_lease_granted_by_a_restarted_redis_is_kept(

@@ -14,13 +14,12 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from mn_node.aio import Backoff
-from mn_node.errors import LinkError, RedisUnavailable
+from mn_node.aio import Backoff, Signal
+from mn_node.errors import EX_UNAVAILABLE, LinkError, RedisUnavailable
 from mn_node.jobs import tasks
 from mn_node.jobs.state import JobKeys
 from mn_node.leases import Holder
@@ -48,7 +47,7 @@ def _die_with_parent(parent: int) -> None:
     except (OSError, AttributeError):
         pass
     if os.getppid() != parent:  # the daemon died before prctl took effect
-        os._exit(1)
+        os._exit(EX_UNAVAILABLE)
 
 
 @dataclass
@@ -76,7 +75,8 @@ class ExecutorService:
         self.completed = 0
         self.refused = 0
         self.skipped = 0
-        self.local_done: Callable[[dict[str, Any]], None] | None = None
+        # a result was stored for a coordinator on this node ({job, agent, attempt})
+        self.local_done: Signal[[dict[str, Any]]] = Signal("executor result stored locally")
         links.register("exec.run", self.on_run)
         links.register("exec.status", self.on_status)
         links.register("exec.cancel", self.on_cancel)
@@ -226,8 +226,7 @@ class ExecutorService:
         msg = {"job": run.job_id, "agent": run.agent, "attempt": run.attempt}
         for node in targets:
             if node == self.node:
-                if self.local_done is not None:
-                    self.local_done(msg)
+                self.local_done.emit(msg)
                 continue
             try:
                 self.links.send(node, "job.agent_done", msg)

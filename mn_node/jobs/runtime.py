@@ -34,7 +34,7 @@ class JobRuntime:
         self.capacity = capacity
         self.stale_after_ms = int(3 * tick * 1000 + 1000)
         self.executor = ExecutorService(node, store, links, capacity)
-        self.executor.local_done = lambda msg: self._on_agent_done(node, msg)
+        self.executor.local_done.connect(lambda msg: self._on_agent_done(node, msg))
         self.coordinators: dict[str, Coordinator] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._caps: dict[str, int] = {}

@@ -12,8 +12,6 @@ from mn_node.jobs.manifest import Manifest
 from mn_node.scripts import TERMINAL as TERMINAL  # job statuses never left (defined with the Lua)
 from mn_node.store import EVENTS_MAXLEN, Store, decode_event
 
-ACTIVE = ("pending", "running")
-
 
 @dataclass
 class AgentState:
@@ -54,7 +52,6 @@ class JobKeys:
         self.agents = store.key("job", job_id, "agents")
         self.events = store.key("job", job_id, "events")
         self.runs = store.key("job", job_id, "runs")
-        self.lease_name = f"job:{job_id}"
 
 
 def new_job_id(graph_id: str) -> str:
