@@ -37,6 +37,10 @@ class Lease:
     def valid(self) -> bool:
         return not self._lost.is_set() and time.monotonic() < self.deadline
 
+    def remaining(self) -> float:
+        """Seconds until the local deadline (0 once lost)."""
+        return max(0.0, self.deadline - time.monotonic()) if not self._lost.is_set() else 0.0
+
     @property
     def is_lost(self) -> bool:
         return self._lost.is_set()
