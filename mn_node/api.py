@@ -1,28 +1,53 @@
-"""HTTP API (aiohttp) on MIRROR_NEURON_API_BIND:MIRROR_NEURON_API_PORT (DESIGN §8)."""
+"""HTTP API (aiohttp) on MIRROR_NEURON_API_BIND:MIRROR_NEURON_API_PORT.
+
+Routes see a node only through :class:`NodeAPI` (implemented by :class:`mn_node.views.NodeView`),
+never the daemon itself.
+"""
 
 from __future__ import annotations
 
 import hmac
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from mn_node import __version__
-from mn_node.config import api_token
-from mn_node.errors import MirrorNeuronError, RedisUnavailable
-from mn_node.store import decode_event
+from mn_node.errors import EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, MirrorNeuronError, RedisUnavailable
+from mn_node.metrics import CONTENT_TYPE
+from mn_node.store import Store
 
-if TYPE_CHECKING:
-    from mn_node.daemon import Node
+
+class NodeAPI(Protocol):
+    """Exactly what the routes use of a node."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def incarnation(self) -> str: ...
+    @property
+    def store(self) -> Store: ...  # job state lives in Redis; the job routes read and write it
+    @property
+    def api_token(self) -> str: ...  # the bearer token state-changing calls must present
+
+    def health(self) -> dict[str, Any]: ...  # "reasons" empty = healthy
+    async def summary(self) -> dict[str, Any]: ...
+    async def node_table(self) -> list[dict[str, Any]]: ...
+    async def leader(self) -> dict[str, Any] | None: ...
+    async def cluster_events(self, count: int) -> list[dict[str, Any]]: ...
+    def metrics(self) -> bytes: ...
+    def kick_placement(self) -> None: ...
+    def tell_owner_cancel(self, owner: str, job_id: str) -> None: ...
+
 
 log = logging.getLogger("mn_node.api")
 
-NODE_KEY: web.AppKey[Node] = web.AppKey("node")
+# a MirrorNeuronError's exit code -> the HTTP status of the answer (anything else: 500)
+_HTTP_STATUS = {EX_USAGE: 400, EX_DATAERR: 400, EX_UNAVAILABLE: 503, EX_TEMPFAIL: 503}
+
+NODE_KEY: web.AppKey[NodeAPI] = web.AppKey("node")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -41,7 +66,7 @@ def error(status: int, reason: str, fix: str = "") -> web.Response:
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     if request.method not in ("GET", "HEAD", "OPTIONS"):
-        expected = api_token(node.cfg.cookie)
+        expected = node.api_token
         got = request.headers.get("Authorization", "")
         scheme, _, token = got.partition(" ")
         # header values may carry any bytes (surrogate-escaped): "replace" can never make a match
@@ -63,8 +88,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     except RedisUnavailable as e:
         return error(503, str(e), "check that Redis is running and reachable from this node (mn doctor)")
     except MirrorNeuronError as e:
-        code = 400 if e.exit_code in (64, 65) else 503 if e.exit_code in (69, 75) else 500
-        return error(code, str(e))
+        return error(_HTTP_STATUS.get(e.exit_code, 500), str(e))
     except Exception:
         log.exception("API handler failed on %s %s", request.method, request.path)
         return error(500, "internal error (see the node's log)")
@@ -86,67 +110,47 @@ async def read_json(request: web.Request) -> Any:
 
 
 async def health(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    reasons = node.health_reasons()
-    body = {
-        "status": "ok" if not reasons else "unhealthy",
-        "node": node.cfg.name,
-        "incarnation": node.incarnation,
-        "version": __version__,
-        "redis": "ok" if node.store.available else "unreachable",
-        "leader": node.election.is_leader,
-        "members_up": len(node.members.up_names()),
-        "reasons": reasons,
-    }
-    return json_response(body, 200 if not reasons else 503)
+    body = request.app[NODE_KEY].health()
+    return json_response(body, 503 if body["reasons"] else 200)
 
 
 async def summary(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    return json_response(await node.summary())
+    return json_response(await request.app[NODE_KEY].summary())
 
 
 async def nodes(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    return json_response({"nodes": await node.node_table()})
+    return json_response({"nodes": await request.app[NODE_KEY].node_table()})
 
 
 async def node_one(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
     name = request.match_info["name"]
-    for row in await node.node_table():
+    for row in await request.app[NODE_KEY].node_table():
         if row["name"] == name or row["name"].split("@", 1)[0] == name:
             return json_response(row)
     return error(404, f"no node named {name!r}", "list nodes with `mn nodes`")
 
 
 async def leader(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    cur = await node.election.current()
+    cur = await request.app[NODE_KEY].leader()
     if cur is None:
         return json_response({"node": None, "epoch": None, "ttl_ms": None, "reason": "no leader right now"})
-    cur["self"] = cur["node"] == node.cfg.name
     return json_response(cur)
 
 
 async def cluster_events(request: web.Request) -> web.Response:
     """Recent cluster events (leader changes, node up/down, orphan sweeps), oldest first."""
-    node = request.app[NODE_KEY]
     try:
         count = min(1000, max(1, int(request.query.get("count", "100"))))
     except ValueError:
         return error(400, "count must be an integer", "use ?count=1..1000")
-    raw = await node.store.guard(node.store.r.xrevrange(node.store.key("events"), count=count))
-    events = [decode_event(eid, fields) for eid, fields in reversed(raw)]
-    return json_response({"events": events})
+    return json_response({"events": await request.app[NODE_KEY].cluster_events(count)})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    return web.Response(text=node.metrics_text(), content_type="text/plain", charset="utf-8")
+    return web.Response(body=request.app[NODE_KEY].metrics(), headers={"Content-Type": CONTENT_TYPE})
 
 
-def build_app(node: Node, extra: Callable[[web.Application], None] | None = None) -> web.Application:
+def build_app(node: NodeAPI, extra: Callable[[web.Application], None] | None = None) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=8 * 1024 * 1024)
     app[NODE_KEY] = node
     app.router.add_get("/api/v1/health", health)
@@ -160,6 +164,3 @@ def build_app(node: Node, extra: Callable[[web.Application], None] | None = None
         extra(app)
     return app
 
-
-def uptime(started: float) -> float:
-    return round(time.time() - started, 3)

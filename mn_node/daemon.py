@@ -1,4 +1,10 @@
-"""``mn-node``: the node daemon (foreground; systemd runs it) and ``mn-node check-config``."""
+"""``mn-node``: the node daemon (foreground; systemd runs it) and ``mn-node check-config``.
+
+:class:`Node` is the lifecycle only: bind the ports, claim the name, start discovery and the
+background loops, keep the registration fresh, stop gracefully. The collaborators come from
+:func:`mn_node.node.build_parts`; the API sees the node through :class:`mn_node.views.NodeView`;
+``/metrics`` is :class:`mn_node.metrics.NodeMetrics`.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,9 @@ import contextlib
 import errno
 import json
 import logging
-import os
-import secrets
 import signal
 import sys
-import time
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -21,106 +25,73 @@ from mn_node import __version__
 from mn_node.api import build_app
 from mn_node.config import Config, load_config
 from mn_node.discovery import MdnsDiscovery, StaticDiscovery
-from mn_node.errors import EX_CONFIG, EX_USAGE, MirrorNeuronError, UnavailableError
+from mn_node.errors import (
+    EX_CONFIG,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_USAGE,
+    ConfigError,
+    MirrorNeuronError,
+    UnavailableError,
+)
 from mn_node.jobs.api import add_routes as add_job_routes
-from mn_node.jobs.runtime import JobRuntime
-from mn_node.leader import LeaderElection
-from mn_node.leases import LeaseManager
-from mn_node.link import Identity, LinkManager
 from mn_node.logs import setup_logging
-from mn_node.membership import Member, Membership
-from mn_node.placement import Placement
+from mn_node.membership import Member
+from mn_node.metrics import NodeMetrics
+from mn_node.node import NodeStatus, build_parts
 from mn_node.ports import describe_holder
-from mn_node.registration import Registration, read_all
 from mn_node.sdnotify import Notifier
-from mn_node.store import Store
+from mn_node.views import NodeView, node_load
 
 log = logging.getLogger("mn_node.daemon")
 
+GRACEFUL_S = 5.0  # hand-over, lease release and deregistration together
+MDNS_STOP_S = 2.0
+EX_INTERRUPTED = 130  # shell convention for "ended by SIGINT"
+
 
 class Node:
-    """Wires the layers: link -> membership -> leases -> placement -> jobs -> API."""
+    """One node's life: start, background loops, graceful stop. Build it inside the event loop."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.incarnation = f"{int(time.time()):x}{secrets.token_hex(4)}"
-        self.started = time.time()
-        self.started_ms = int(self.started * 1000)
+        self.parts = build_parts(cfg)
+        self.status = NodeStatus()
+        self.metrics = NodeMetrics(self.parts)
+        self.view = NodeView(self.parts, self.status, self.metrics)
         self.notifier = Notifier()
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
         self.runner: web.AppRunner | None = None
         self.mdns: MdnsDiscovery | None = None
-        self.exit_code = 0
-        self.stopping = False
-        self.up = False  # start() finished: registered (when Redis answers), loops running, READY sent
-        self._registered = False
+        self.exit_code = EX_OK
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.parts.members.on_nodedown(self._on_nodedown)
 
-    # ---- lifecycle ----------------------------------------------------------------------
+    # ---- start ------------------------------------------------------------------------------
     async def start(self) -> None:
-        cfg = self.cfg
-        assert cfg.redis_url is not None
-        self.store = Store(cfg.redis_url, cfg.namespace)
-        self.links = LinkManager(
-            Identity(cfg.cookie, cfg.name, self.incarnation),
-            tick=cfg.link_tick_ms / 1000,
-            timeout=cfg.link_timeout_ms / 1000,
-            local_host=cfg.bind_host,
-        )
-        self.members = Membership(self.links, cfg.name, cfg.me.host, self.incarnation)
-        self.leases = LeaseManager(self.store, cfg.name, self.incarnation, cfg.lease_ttl_ms, cfg.renew_interval_ms)
-        self.election = LeaderElection(self.store, self.leases, self.links, cfg.name)
-        self.registration = Registration(
-            self.store, cfg, self.incarnation, self.started_ms, max(5000, 4 * cfg.lease_ttl_ms)
-        )
-        self.jobs = JobRuntime(cfg.name, self.store, self.leases, self.links, self.members,
-                               cfg.executor_capacity, cfg.renew_interval_ms / 1000)
-        self.placement = Placement(cfg.name, self.store, self.leases, self.links, self.members,
-                                   self.election, self.jobs)
-        self.members.on_nodedown(self._on_nodedown)
-
+        cfg, p = self.cfg, self.parts
         # 1. ports first, so a conflict is reported before anything else happens
         await self._bind_api()
         try:
-            await self.links.listen(cfg.bind_host, cfg.me.port)
+            await p.links.listen(cfg.bind_host, cfg.me.port)
         except OSError as e:
             await self._close_api()
             raise _bind_error("MIRROR_NEURON_DIST_PORT", cfg.bind_host, cfg.me.port, e) from None
-
         # 2. Redis: claim our name (a live holder stops us with exit 69)
-        if await self.store.check():
-            await self.registration.claim(self.load())
-            self._registered = True
-            await self.store.event("node_up", cfg.name, incarnation=self.incarnation, host=cfg.me.host)
+        if await p.store.check():
+            await self._register(host=cfg.me.host)
         else:
-            self._registered = False
-            log.warning("redis unreachable at start (%s); will register when it answers", self.store.last_error)
-
+            log.warning("redis unreachable at start (%s); will register when it answers", p.store.last_error)
         # 3. discovery, background loops, readiness
-        if "static" in cfg.discovery:
-            StaticDiscovery(cfg, self.links, self.members).start()
-        if "mdns" in cfg.discovery:
-            self.mdns = MdnsDiscovery(cfg, self.links, self.members)
-            try:
-                await self.mdns.start()
-            except OSError as e:
-                log.warning("mDNS unavailable on %s: %s (static discovery continues)", cfg.bind_host, e)
-                self.mdns = None
-        self.jobs.start()
-        self._spawn(self.leases.run(), "leases")
-        self._spawn(self.election.run(), "election")
-        self._spawn(self.placement.run(), "placement")
-        self._spawn(self._housekeeping(), "housekeeping")
-        if self.notifier.watchdog_interval:
-            self._spawn(self._watchdog(), "watchdog")
-        self.up = True
+        await self._start_discovery()
+        self._start_loops()
+        self.status.up = True
         self.notifier.ready(f"listening on {cfg.bind_host}:{cfg.me.port}, API {cfg.api_bind}:{cfg.api_port}")
         log.info("mn-node %s up as %s (incarnation %s), link %s:%d, API http://%s:%d",
-                 __version__, cfg.name, self.incarnation, cfg.bind_host, cfg.me.port, cfg.api_bind, cfg.api_port)
+                 __version__, cfg.name, p.incarnation, cfg.bind_host, cfg.me.port, cfg.api_bind, cfg.api_port)
 
     async def _bind_api(self) -> None:
-        app = build_app(self, self._extra_routes)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(build_app(self.view, add_job_routes), access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.cfg.api_bind, self.cfg.api_port, reuse_address=True)
         try:
@@ -129,14 +100,41 @@ class Node:
             await self._close_api()
             raise _bind_error("MIRROR_NEURON_API_PORT", self.cfg.api_bind, self.cfg.api_port, e) from None
 
-    def _extra_routes(self, app: web.Application) -> None:
-        add_job_routes(app)
-
     async def _close_api(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
 
+    async def _register(self, **event: str) -> None:
+        """Claim the name for this incarnation and record ``node_up``."""
+        p = self.parts
+        await p.registration.claim(node_load(p.jobs))
+        self.status.registered = True
+        await p.store.event("node_up", self.cfg.name, incarnation=p.incarnation, **event)
+
+    async def _start_discovery(self) -> None:
+        p = self.parts
+        if "static" in self.cfg.discovery:
+            StaticDiscovery(self.cfg, p.links, p.members).start()
+        if "mdns" in self.cfg.discovery:
+            self.mdns = MdnsDiscovery(self.cfg, p.links, p.members)
+            try:
+                await self.mdns.start()
+            except OSError as e:
+                log.warning("mDNS unavailable on %s: %s (static discovery continues)", self.cfg.bind_host, e)
+                self.mdns = None
+
+    def _start_loops(self) -> None:
+        p = self.parts
+        p.jobs.start()
+        self._spawn(p.leases.run(), "leases")
+        self._spawn(p.election.run(), "election")
+        self._spawn(p.placement.run(), "placement")
+        self._spawn(self._housekeeping(), "housekeeping")
+        if self.notifier.watchdog_interval:
+            self._spawn(self._watchdog(), "watchdog")
+
+    # ---- stop -------------------------------------------------------------------------------
     def request_stop(self, why: str = "signal") -> None:
         if not self._stop.is_set():
             log.info("stopping (%s)", why)
@@ -147,36 +145,47 @@ class Node:
 
     async def stop(self) -> None:
         """Graceful: hand over leadership, release leases, leave the cluster, close."""
-        self.stopping = True
+        p = self.parts
+        self.status.stopping = True
         self.notifier.stopping()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._graceful(), 5.0)
+            await asyncio.wait_for(self._graceful(), GRACEFUL_S)
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.jobs.stop()
-        await self.links.stop("shutdown")
+        await p.jobs.stop()
+        await p.links.stop("shutdown")
         if self.mdns is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.mdns.stop(), 2.0)
+                await asyncio.wait_for(self.mdns.stop(), MDNS_STOP_S)
         await self._close_api()
-        await self.store.close()
+        await p.store.close()
+        self.metrics.close()
         log.info("stopped")
 
+    async def abort_start(self) -> None:
+        """After a failed start(): close what start() may have opened."""
+        await self._close_api()
+        await self.parts.links.stop("startup failed")
+        await self.parts.store.close()
+        self.metrics.close()
+
     async def _graceful(self) -> None:
-        await self.election.step_down()
-        coordinated = sorted(self.jobs.coordinators)
-        await self.leases.release_all()
+        p = self.parts
+        await p.election.step_down()
+        coordinated = sorted(p.jobs.coordinators)
+        await p.leases.release_all()
         if coordinated:
             # successors take over now instead of after a TTL
-            self.placement.kick_all()
-            for conn in list(self.links.links.values()):
+            p.placement.kick_all()
+            for conn in list(p.links.links.values()):
                 conn.flush()
-        if self.store.available:
-            await self.store.event("node_left", self.cfg.name, incarnation=self.incarnation, reason="shutdown")
-            await self.registration.remove()
+        if p.store.available:
+            await p.store.event("node_left", self.cfg.name, incarnation=p.incarnation, reason="shutdown")
+            await p.registration.remove()
 
-    def _spawn(self, coro: Any, name: str = "") -> None:
+    # ---- background tasks -------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name or None)
         self._tasks.append(task)
         task.add_done_callback(self._task_done)
@@ -193,21 +202,18 @@ class Node:
             self.request_stop(str(exc))
         elif exc is not None:
             log.error("task %s crashed", task.get_name(), exc_info=exc)
-            self.exit_code = 70
+            self.exit_code = EX_SOFTWARE
             self.request_stop("internal error")
 
-    # ---- background -----------------------------------------------------------------------
     async def _housekeeping(self) -> None:
         """Redis availability, registration refresh, recovery after Redis returns."""
+        p = self.parts
         interval = self.cfg.renew_interval_ms / 1000
         while True:
-            ok = await self.store.check()
-            if ok:
-                if not self._registered:
-                    await self.registration.claim(self.load())
-                    self._registered = True
-                    await self.store.event("node_up", self.cfg.name, incarnation=self.incarnation)
-                elif not await self.registration.refresh(self.load()):
+            if await p.store.check():
+                if not self.status.registered:
+                    await self._register()
+                elif not await p.registration.refresh(node_load(p.jobs)):
                     raise UnavailableError(
                         f"another daemon took over the name {self.cfg.name}; this one stops"
                     )
@@ -220,128 +226,10 @@ class Node:
             await asyncio.sleep(self.notifier.watchdog_interval)
 
     def _on_nodedown(self, m: Member) -> None:
-        if self.election.is_leader and not self.stopping and not m.reason.startswith("left"):
-            self._spawn(self.store.event("node_down", m.name, self.election.lease.epoch if self.election.lease else "",
-                                         reason=m.reason, observed_by=self.cfg.name))
-
-    # ---- views --------------------------------------------------------------------------
-    def load(self) -> dict[str, Any]:
-        try:
-            la = os.getloadavg()[0]
-        except OSError:
-            la = 0.0
-        out: dict[str, Any] = {"loadavg1": round(la, 2)}
-        if hasattr(self, "jobs"):
-            out["executors_busy"] = self.jobs.executor.busy
-            out["coordinating"] = len(self.jobs.coordinators)
-        return out
-
-    def health_reasons(self) -> list[str]:
-        reasons = []
-        if not self.up:
-            reasons.append("starting")
-        if not self.store.available:
-            reasons.append(f"redis unreachable: {self.store.last_error}")
-        elif not self._registered:
-            reasons.append("not registered in redis yet")
-        if self.stopping:
-            reasons.append("stopping")
-        return reasons
-
-    async def node_table(self) -> list[dict[str, Any]]:
-        rows = {m.name: m.to_dict() for m in self.members.members()}
-        regs: dict[str, dict[str, str]] = {}
-        if self.store.available:
-            with contextlib.suppress(MirrorNeuronError, Exception):
-                regs = await read_all(self.store)
-        for name, reg in regs.items():
-            row = rows.setdefault(name, {"name": name, "address": reg.get("host", ""), "status": "down",
-                                         "incarnation": reg.get("incarnation", ""), "since": 0.0,
-                                         "last_seen": 0.0, "rtt_ms": None, "reason": "no link",
-                                         "is_self": False})
-            row["registered"] = True
-            row["version"] = reg.get("version")
-            row["capacity"] = int(reg.get("capacity", "0") or 0)
-            row["load"] = json.loads(reg.get("load", "{}") or "{}")
-            row["pid"] = int(reg.get("pid", "0") or 0)
-            row["started_ms"] = int(reg.get("started_ms", "0") or 0)
-            row["config_fingerprint"] = reg.get("config_fingerprint")
-        for row in rows.values():
-            row.setdefault("registered", False)
-        return sorted(rows.values(), key=lambda r: str(r["name"]))
-
-    async def summary(self) -> dict[str, Any]:
-        members = self.members.members()
-        leader = None
-        if self.store.available:
-            with contextlib.suppress(MirrorNeuronError):
-                leader = await self.election.current()
-        return {
-            "node": self.cfg.name,
-            "incarnation": self.incarnation,
-            "version": __version__,
-            "uptime_s": round(time.time() - self.started, 3),
-            "members": {"up": sum(m.status == "up" for m in members),
-                        "down": sum(m.status == "down" for m in members)},
-            "leader": leader,
-            "is_leader": self.election.is_leader,
-            "redis": {"available": self.store.available, "url": self.store.display_url,
-                      "error": self.store.last_error or None},
-            "config_fingerprint": self.cfg.fingerprint(),
-            "executor_capacity": self.cfg.executor_capacity,
-            "executors_busy": self.jobs.executor.busy,
-            "coordinating": sorted(self.jobs.coordinators),
-        }
-
-    def metrics_text(self) -> str:
-        st = self.links.stats()
-        members = self.members.members()
-        lease = self.election.lease
-        lines = [
-            "# HELP mn_members_up Members with a live link (including this node).",
-            "# TYPE mn_members_up gauge",
-            f"mn_members_up {sum(m.status == 'up' for m in members)}",
-            "# TYPE mn_members_down gauge",
-            f"mn_members_down {sum(m.status == 'down' for m in members)}",
-            "# HELP mn_is_leader 1 if this node holds a valid leader lease.",
-            "# TYPE mn_is_leader gauge",
-            f"mn_is_leader {int(self.election.is_leader)}",
-            "# TYPE mn_leader_epoch gauge",
-            f"mn_leader_epoch {lease.epoch if lease and lease.valid() else 0}",
-            "# TYPE mn_leader_changes_total counter",
-            f"mn_leader_changes_total {self.election.changes}",
-            "# TYPE mn_redis_up gauge",
-            f"mn_redis_up {int(self.store.available)}",
-            "# HELP mn_lease_renew_latency_seconds Latency of the last batched lease renewal.",
-            "# TYPE mn_lease_renew_latency_seconds gauge",
-            f"mn_lease_renew_latency_seconds {(self.leases.renew_latency_ms or 0) / 1000:.6f}",
-            "# TYPE mn_leases_held gauge",
-            f"mn_leases_held {len(self.leases.held)}",
-            "# TYPE mn_fenced_writes_total counter",
-            f'mn_fenced_writes_total{{result="ok"}} {self.leases.fenced_ok}',
-            f'mn_fenced_writes_total{{result="refused"}} {self.leases.fenced_refused}',
-            "# TYPE mn_link_messages_total counter",
-            f'mn_link_messages_total{{direction="in"}} {st["msgs_in"]}',
-            f'mn_link_messages_total{{direction="out"}} {st["msgs_out"]}',
-            "# TYPE mn_link_bytes_total counter",
-            f'mn_link_bytes_total{{direction="in"}} {st["bytes_in"]}',
-            f'mn_link_bytes_total{{direction="out"}} {st["bytes_out"]}',
-            "# TYPE mn_executor_runs_total counter",
-            f'mn_executor_runs_total{{result="stored"}} {self.jobs.executor.completed}',
-            f'mn_executor_runs_total{{result="refused"}} {self.jobs.executor.refused}',
-            "# TYPE mn_jobs_coordinating gauge",
-            f"mn_jobs_coordinating {len(self.jobs.coordinators)}",
-            "# TYPE mn_orphan_sweeps_total counter",
-            f"mn_orphan_sweeps_total {self.placement.sweeps}",
-            "# TYPE mn_link_auth_failures_total counter",
-            f"mn_link_auth_failures_total {st['auth_failures']}",
-        ]
-        for m in members:
-            if not m.is_self:
-                lines.append(f'mn_member_up{{node="{m.name}"}} {int(m.status == "up")}')
-                if m.rtt_ms is not None and m.status == "up":
-                    lines.append(f'mn_link_rtt_seconds{{node="{m.name}"}} {m.rtt_ms / 1000:.6f}')
-        return "\n".join(lines) + "\n"
+        election = self.parts.election
+        if election.is_leader and not self.status.stopping and not m.reason.startswith("left"):
+            self._spawn(self.parts.store.event("node_down", m.name, election.lease.epoch if election.lease else "",
+                                               reason=m.reason, observed_by=self.cfg.name))
 
 
 def _bind_error(var: str, host: str, port: int, e: OSError) -> MirrorNeuronError:
@@ -351,8 +239,6 @@ def _bind_error(var: str, host: str, port: int, e: OSError) -> MirrorNeuronError
             f"fix: stop that process or set {var} to a free port"
         )
     if e.errno == errno.EADDRNOTAVAIL:
-        from mn_node.errors import ConfigError
-
         return ConfigError(
             f"{var}: cannot bind {host}:{port}: {host} is not an address of this machine; "
             "fix: check MIRROR_NEURON_NODE_NAME / the bind address"
@@ -361,7 +247,11 @@ def _bind_error(var: str, host: str, port: int, e: OSError) -> MirrorNeuronError
 
 
 async def run_node(cfg: Config) -> int:
-    node = Node(cfg)
+    try:
+        node = Node(cfg)
+    except MirrorNeuronError as e:
+        log.error("%s", e)
+        return e.exit_code
     loop = asyncio.get_running_loop()
     for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
         loop.add_signal_handler(sig, node.request_stop, name)
@@ -369,9 +259,7 @@ async def run_node(cfg: Config) -> int:
         await node.start()
     except MirrorNeuronError as e:
         log.error("%s", e)
-        if hasattr(node, "store"):
-            await node.links.stop("startup failed")
-            await node.store.close()
+        await node.abort_start()
         return e.exit_code
     await node.wait()
     await node.stop()
@@ -409,14 +297,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{k:20} {v}")
         for w in cfg.warnings:
             print(f"warning: {w}", file=sys.stderr)
-        return 0
+        return EX_OK
     setup_logging(cfg.name, cfg.log_level)
     for w in cfg.warnings:
         log.warning("%s", w)
     try:
         return asyncio.run(run_node(cfg))
     except KeyboardInterrupt:
-        return 130
+        return EX_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from mn_node.api import NODE_KEY, error, json_response, read_json
+from mn_node.api import NODE_KEY, NodeAPI, error, json_response, read_json
 from mn_node.errors import DataError
 from mn_node.jobs import blueprints, tasks
 from mn_node.jobs.manifest import validate
@@ -26,9 +25,6 @@ from mn_node.jobs.state import (
 )
 from mn_node.leases import Holder
 
-if TYPE_CHECKING:
-    from mn_node.daemon import Node
-
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _STREAM_ID = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$")
 
@@ -41,11 +37,11 @@ def _stream_id_ok(value: str) -> bool:
     return m is not None and all(int(g) < 2**64 for g in m.groups() if g is not None)
 
 
-def _node(request: web.Request) -> Node:
+def _node(request: web.Request) -> NodeAPI:
     return request.app[NODE_KEY]
 
 
-def _need_redis(node: Node) -> web.Response | None:
+def _need_redis(node: NodeAPI) -> web.Response | None:
     if not node.store.available:
         return error(503, f"this node cannot reach Redis: {node.store.last_error}",
                      "submit through a node that reaches Redis, or fix Redis (mn doctor)")
@@ -76,9 +72,9 @@ async def submit(request: web.Request) -> web.Response:
     unavailable = _need_redis(node)
     if unavailable is not None:
         return unavailable
-    job_id = await create_job(node.store, manifest, node.cfg.name,
+    job_id = await create_job(node.store, manifest, node.name,
                               {k: v for k, v in body.items() if k != "manifest"})
-    node.placement.kick_all()
+    node.kick_placement()
     h = await get_job(node.store, job_id)
     return json_response(job_view(h), 201)
 
@@ -161,12 +157,12 @@ async def cancel(request: web.Request) -> web.Response:
     unavailable = _need_redis(node)
     if unavailable is not None:
         return unavailable
-    cancelled, previous = await cancel_job(node.store, job_id, node.cfg.name, f"cancelled via API on {node.cfg.name}")
+    cancelled, previous = await cancel_job(node.store, job_id, node.name, f"cancelled via API on {node.name}")
     if not cancelled:
         return error(409, f"job {job_id} is already {previous}", "only pending or running jobs can be cancelled")
     token = await node.store.guard(node.store.r.get(node.store.key("lease", f"job:{job_id}")))
     if token:
-        node.jobs.tell_owner_cancel(Holder(token, 0).node, job_id)
+        node.tell_owner_cancel(Holder(token, 0).node, job_id)
     return json_response({"job_id": job_id, "status": "cancelled", "previous": previous})
 
 
