@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from mn_node.config import DEFAULT_ENV_FILE, Config, NodeAddr, load_config, parse_env_file, redact_url
+from mn_node.config import DEFAULT_ENV_FILE, Config, NodeAddr, load_config, parse_env_file
 from mn_node.errors import ConfigError
 
 T = TypeVar("T")
@@ -167,7 +167,3 @@ def build_context(
             target = ApiTarget(f"http://{shown}:{port}", host, port, False)
     return Context(env=env, env_file=used_file, env_file_error=file_error, cfg=cfg, cfg_error=cfg_error,
                    api=target, timeout=timeout, verbose=verbose)
-
-
-def shown_redis(url: str | None) -> str:
-    return redact_url(url) if url else "(unset)"
