@@ -21,6 +21,7 @@ from mn_node.errors import ConfigError
 ENV_PREFIX = "MIRROR_NEURON_"
 DEFAULT_DIST_PORT = 4370
 DEFAULT_API_PORT = 4000
+DEFAULT_REDIS_PORT = 6379
 DEFAULT_ENV_FILE = "/etc/mirror-neuron/mirror-neuron.env"
 ORIGINAL_DEFAULT_COOKIE = b"mirrorneuron"
 MIN_COOKIE_BYTES = 32

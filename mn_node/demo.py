@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mn_node.config import api_token
+from mn_node.config import DEFAULT_API_PORT, api_token
 from mn_node.errors import EX_FAILED, EX_INTERRUPTED, EX_OK
 from mn_node.jobs.tasks import primes_in
 
@@ -89,7 +89,7 @@ class Demo:
                                              stdout=log, stderr=log, start_new_session=True)
 
     def api(self, k: int, path: str, body: Any = None) -> Any:
-        url = f"http://{PREFIX}.{k}:4000{path}"
+        url = f"http://{PREFIX}.{k}:{DEFAULT_API_PORT}{path}"
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
         if body is not None:

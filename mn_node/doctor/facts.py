@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from mn_node.config import NodeAddr, parse_env_file, redact_url
+from mn_node.config import DEFAULT_API_PORT, DEFAULT_REDIS_PORT, NodeAddr, parse_env_file, redact_url
 from mn_node.doctor.context import Context
 from mn_node.doctor.model import Kind
 from mn_node.doctor.probes import (
@@ -82,9 +82,9 @@ async def _tcp_stage(facts: RedisFacts, url: str, st: float, envf: str) -> bool:
     parts = urlsplit(url)
     facts.host = parts.hostname or "127.0.0.1"
     try:
-        facts.port = parts.port or 6379
+        facts.port = parts.port or DEFAULT_REDIS_PORT
     except ValueError:
-        facts.port = 6379
+        facts.port = DEFAULT_REDIS_PORT
     facts.has_password = bool(parts.password)
     try:
         addr = await resolve(facts.host, st)
@@ -313,7 +313,7 @@ async def _peer_app(ctx: Context, p: PeerProbe) -> None:
     host, _, port_s = api.rpartition(":")
     host = host.strip("[]")
     if not host or not port_s.isdigit():
-        host, port_s = p.node.host, str(ctx.cfg.api_port if ctx.cfg else 4000)
+        host, port_s = p.node.host, str(ctx.cfg.api_port if ctx.cfg else DEFAULT_API_PORT)
     if host in ("0.0.0.0", "::", ""):
         host = p.addr
     loopback_only = host.startswith("127.") or host == "::1"
