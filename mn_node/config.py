@@ -1,4 +1,4 @@
-"""Configuration from environment variables and an optional env file (DESIGN §2).
+"""Configuration from environment variables and an optional env file (README, Configuration).
 
 Every problem is a :class:`ConfigError` whose message is one line naming the variable,
 the bad value (never the cookie) and the fix; the daemon exits 78 on it.
@@ -21,6 +21,7 @@ from mn_node.errors import ConfigError
 ENV_PREFIX = "MIRROR_NEURON_"
 DEFAULT_DIST_PORT = 4370
 DEFAULT_API_PORT = 4000
+DEFAULT_REDIS_PORT = 6379
 DEFAULT_ENV_FILE = "/etc/mirror-neuron/mirror-neuron.env"
 ORIGINAL_DEFAULT_COOKIE = b"mirrorneuron"
 MIN_COOKIE_BYTES = 32
@@ -195,7 +196,6 @@ class Config:
     link_tick_ms: int = 400
     link_timeout_ms: int = 1600
     executor_capacity: int = 0
-    mdns_interface: str = ""
     log_level: str = "INFO"
     env_file: str | None = None
     warnings: tuple[str, ...] = ()
@@ -289,6 +289,131 @@ def _read_cookie(env: Mapping[str, str]) -> bytes:
     return raw.strip().encode()
 
 
+def _cookie_warnings(cookie: bytes) -> list[str]:
+    """Warnings (not errors) about a weak cookie."""
+    fix = "fix: generate one with head -c 32 /dev/urandom | base64"
+    if cookie == ORIGINAL_DEFAULT_COOKIE:
+        return [f"MIRROR_NEURON_COOKIE is the original's public default 'mirrorneuron'; {fix}"]
+    if len(cookie) < MIN_COOKIE_BYTES:
+        return [f"MIRROR_NEURON_COOKIE is {len(cookie)} bytes, under {MIN_COOKIE_BYTES}; {fix}"]
+    return []
+
+
+def _cluster_nodes(env: Mapping[str, str], dist_port: int) -> list[NodeAddr]:
+    """MIRROR_NEURON_CLUSTER_NODES: each name once, each host:port once."""
+    var = ENV_PREFIX + "CLUSTER_NODES"
+    nodes: list[NodeAddr] = []
+    for entry in env.get(var, "").split(","):
+        if not entry.strip():
+            continue
+        addr = parse_node_entry(entry, dist_port, var)
+        if any(n.name == addr.name for n in nodes):
+            raise ConfigError(f"{var}: node {addr.name} is listed twice; fix: list each node once")
+        clash = next((n for n in nodes if (n.host, n.port) == (addr.host, addr.port)), None)
+        if clash:
+            raise ConfigError(
+                f"{var}: {clash.name} and {addr.name} both use {addr.host}:{addr.port}; "
+                "fix: give each node on one host its own port (name@host:port)"
+            )
+        nodes.append(addr)
+    return nodes
+
+
+def _own_node(env: Mapping[str, str], nodes: list[NodeAddr], dist_port: int) -> NodeAddr:
+    """This node: MIRROR_NEURON_NODE_NAME (added to ``nodes`` if unlisted), else the one local entry."""
+    var_name, var_nodes = ENV_PREFIX + "NODE_NAME", ENV_PREFIX + "CLUSTER_NODES"
+    own = env.get(var_name, "").strip()
+    if own:
+        me = parse_node_entry(own, dist_port, var_name)
+        listed = next((n for n in nodes if n.name == me.name), None)
+        if listed is None:
+            nodes.append(me)
+            return me
+        if ":" in own.rsplit("]", 1)[-1].partition("@")[2] and listed.port != me.port:
+            raise ConfigError(
+                f"{var_name}: port {me.port} differs from {listed.port} in {var_nodes}; fix: make them agree"
+            )
+        return listed
+    local = local_addresses()
+    mine = [n for n in nodes if _host_is_local(n.host, local)]
+    if not mine:
+        shown = ",".join(n.name for n in nodes) or "(empty)"
+        raise ConfigError(
+            f"{var_name} is not set and no entry of {var_nodes} ({shown}) is an address of "
+            f"this machine; fix: set {var_name}=name@<this box's address>"
+        )
+    if len(mine) > 1:
+        raise ConfigError(
+            f"{var_name} is not set and several entries are local "
+            f"({', '.join(n.name for n in mine)}); fix: set {var_name} to one of them"
+        )
+    return mine[0]
+
+
+def _redis_url(env: Mapping[str, str], require: bool) -> str | None:
+    url = env.get(ENV_PREFIX + "REDIS_URL", "").strip() or None
+    if url is not None:
+        return validate_redis_url(url)
+    if require:
+        raise ConfigError(
+            "MIRROR_NEURON_REDIS_URL is not set; fix: set it to the shared Redis, "
+            "e.g. redis://:password@10.0.0.1:6379/0"
+        )
+    return None
+
+
+def _discovery(env: Mapping[str, str]) -> frozenset[str]:
+    var = ENV_PREFIX + "DISCOVERY"
+    raw = env.get(var, "static,mdns").strip()
+    sources = frozenset(s.strip() for s in raw.split(",") if s.strip())
+    if sources == frozenset({"none"}):
+        return frozenset()
+    unknown = sources - DISCOVERY_SOURCES
+    if unknown:
+        raise ConfigError(
+            f"{var}: unknown source {sorted(unknown)[0]!r}; fix: use a comma list of static, mdns (or none)"
+        )
+    return sources
+
+
+def _namespace(env: Mapping[str, str]) -> str:
+    namespace = env.get(ENV_PREFIX + "REDIS_NAMESPACE", "").strip() or "mirror_neuron"
+    if not re.match(r"^[A-Za-z0-9_.:-]{1,64}$", namespace):
+        raise ConfigError(
+            f"MIRROR_NEURON_REDIS_NAMESPACE: {namespace!r} has bad characters; fix: use letters, digits, _ . : -"
+        )
+    return namespace
+
+
+def _timings(env: Mapping[str, str]) -> tuple[int, int, int, int]:
+    """(lease TTL, renew interval, link tick, link timeout) in ms, checked against each other."""
+    ms = " (milliseconds)"
+    ttl = _int(env, "LEASE_TTL_MS", 2500, 300, 600_000, ms)
+    renew = _int(env, "RENEW_INTERVAL_MS", max(100, ttl // 5), 50, 600_000, ms)
+    if renew * 2 >= ttl:
+        raise ConfigError(
+            f"MIRROR_NEURON_RENEW_INTERVAL_MS: {renew} is not under half the lease TTL {ttl}; "
+            "fix: renew at most every TTL/3 (default TTL/5)"
+        )
+    tick = _int(env, "LINK_TICK_MS", 400, 50, 60_000, ms)
+    timeout = _int(env, "LINK_TIMEOUT_MS", tick * 4, 100, 600_000, ms)
+    if timeout < 2 * tick:
+        raise ConfigError(
+            f"MIRROR_NEURON_LINK_TIMEOUT_MS: {timeout} is under two ticks ({2 * tick}); "
+            "fix: allow at least 2 missed keepalive ticks"
+        )
+    return ttl, renew, tick, timeout
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = env.get(ENV_PREFIX + "LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(
+            f"MIRROR_NEURON_LOG_LEVEL: {level!r} is unknown; fix: use DEBUG, INFO, WARNING or ERROR"
+        )
+    return level
+
+
 def load_config(
     environ: Mapping[str, str] | None = None,
     env_file: str | None = None,
@@ -299,70 +424,11 @@ def load_config(
     env: dict[str, str] = dict(os.environ if environ is None else environ)
     if env_file:
         env.update(parse_env_file(Path(env_file)))
-    warnings: list[str] = []
-
     cookie = _read_cookie(env)
-    if cookie == ORIGINAL_DEFAULT_COOKIE:
-        warnings.append(
-            "MIRROR_NEURON_COOKIE is the original's public default 'mirrorneuron'; "
-            "fix: generate one with head -c 32 /dev/urandom | base64"
-        )
-    elif len(cookie) < MIN_COOKIE_BYTES:
-        warnings.append(
-            f"MIRROR_NEURON_COOKIE is {len(cookie)} bytes, under {MIN_COOKIE_BYTES}; "
-            "fix: generate one with head -c 32 /dev/urandom | base64"
-        )
-
     dist_port = _int(env, "DIST_PORT", DEFAULT_DIST_PORT, 1, 65535)
     api_port = _int(env, "API_PORT", DEFAULT_API_PORT, 1, 65535)
-    var_nodes = ENV_PREFIX + "CLUSTER_NODES"
-    nodes: list[NodeAddr] = []
-    seen: dict[str, NodeAddr] = {}
-    for entry in env.get(var_nodes, "").split(","):
-        if not entry.strip():
-            continue
-        addr = parse_node_entry(entry, dist_port, var_nodes)
-        if addr.name in seen:
-            raise ConfigError(f"{var_nodes}: node {addr.name} is listed twice; fix: list each node once")
-        clash = next((n for n in nodes if (n.host, n.port) == (addr.host, addr.port)), None)
-        if clash:
-            raise ConfigError(
-                f"{var_nodes}: {clash.name} and {addr.name} both use {addr.host}:{addr.port}; "
-                "fix: give each node on one host its own port (name@host:port)"
-            )
-        seen[addr.name] = addr
-        nodes.append(addr)
-
-    var_name = ENV_PREFIX + "NODE_NAME"
-    own = env.get(var_name, "").strip()
-    if own:
-        me = parse_node_entry(own, dist_port, var_name)
-        listed = seen.get(me.name)
-        if listed is not None:
-            if ":" in own.rsplit("]", 1)[-1].partition("@")[2] and listed.port != me.port:
-                raise ConfigError(
-                    f"{var_name}: port {me.port} differs from {listed.port} in {var_nodes}; "
-                    "fix: make them agree"
-                )
-            me = listed
-        else:
-            nodes.append(me)
-    else:
-        local = local_addresses()
-        mine = [n for n in nodes if _host_is_local(n.host, local)]
-        if not mine:
-            shown = ",".join(n.name for n in nodes) or "(empty)"
-            raise ConfigError(
-                f"{var_name} is not set and no entry of {var_nodes} ({shown}) is an address of "
-                f"this machine; fix: set {var_name}=name@<this box's address>"
-            )
-        if len(mine) > 1:
-            raise ConfigError(
-                f"{var_name} is not set and several entries are local "
-                f"({', '.join(n.name for n in mine)}); fix: set {var_name} to one of them"
-            )
-        me = mine[0]
-
+    nodes = _cluster_nodes(env, dist_port)
+    me = _own_node(env, nodes, dist_port)
     api_bind = env.get(ENV_PREFIX + "API_BIND", "").strip() or "127.0.0.1"
     dist_bind = env.get(ENV_PREFIX + "DIST_BIND", "").strip()
     if api_port == me.port and _binds_overlap(api_bind, dist_bind or me.host):
@@ -370,72 +436,17 @@ def load_config(
             f"MIRROR_NEURON_API_PORT: {api_port} is also this node's dist port; "
             "fix: use different ports (defaults: API 4000, dist 4370)"
         )
-
-    redis_url = env.get(ENV_PREFIX + "REDIS_URL", "").strip() or None
-    if redis_url is None:
-        if require_redis:
-            raise ConfigError(
-                "MIRROR_NEURON_REDIS_URL is not set; fix: set it to the shared Redis, "
-                "e.g. redis://:password@10.0.0.1:6379/0"
-            )
-    else:
-        validate_redis_url(redis_url)
-
-    var_disc = ENV_PREFIX + "DISCOVERY"
-    disc_raw = env.get(var_disc, "static,mdns").strip()
-    discovery = frozenset(s.strip() for s in disc_raw.split(",") if s.strip())
-    if discovery in (frozenset({"none"}),):
-        discovery = frozenset()
-    unknown = discovery - DISCOVERY_SOURCES
-    if unknown:
-        raise ConfigError(
-            f"{var_disc}: unknown source {sorted(unknown)[0]!r}; fix: use a comma list of static, mdns (or none)"
-        )
-
-    namespace = env.get(ENV_PREFIX + "REDIS_NAMESPACE", "").strip() or "mirror_neuron"
-    if not re.match(r"^[A-Za-z0-9_.:-]{1,64}$", namespace):
-        raise ConfigError(
-            f"MIRROR_NEURON_REDIS_NAMESPACE: {namespace!r} has bad characters; fix: use letters, digits, _ . : -"
-        )
-    ttl = _int(env, "LEASE_TTL_MS", 2500, 300, 600_000, " (milliseconds)")
-    renew = _int(env, "RENEW_INTERVAL_MS", max(100, ttl // 5), 50, 600_000, " (milliseconds)")
-    if renew * 2 >= ttl:
-        raise ConfigError(
-            f"MIRROR_NEURON_RENEW_INTERVAL_MS: {renew} is not under half the lease TTL {ttl}; "
-            "fix: renew at most every TTL/3 (default TTL/5)"
-        )
-    tick = _int(env, "LINK_TICK_MS", 400, 50, 60_000, " (milliseconds)")
-    timeout = _int(env, "LINK_TIMEOUT_MS", tick * 4, 100, 600_000, " (milliseconds)")
-    if timeout < 2 * tick:
-        raise ConfigError(
-            f"MIRROR_NEURON_LINK_TIMEOUT_MS: {timeout} is under two ticks ({2 * tick}); "
-            "fix: allow at least 2 missed keepalive ticks"
-        )
+    redis_url = _redis_url(env, require_redis)
+    discovery = _discovery(env)
+    namespace = _namespace(env)
+    ttl, renew, tick, timeout = _timings(env)
     capacity = _int(env, "EXECUTOR_CAPACITY", os.cpu_count() or 1, 1, 4096)
-    level = env.get(ENV_PREFIX + "LOG_LEVEL", "INFO").strip().upper() or "INFO"
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(
-            f"MIRROR_NEURON_LOG_LEVEL: {level!r} is unknown; fix: use DEBUG, INFO, WARNING or ERROR"
-        )
     return Config(
-        cookie=cookie,
-        nodes=tuple(sorted(nodes)),
-        me=me,
-        redis_url=redis_url,
-        namespace=namespace,
-        dist_bind=dist_bind,
-        api_bind=api_bind,
-        api_port=api_port,
-        discovery=discovery,
-        lease_ttl_ms=ttl,
-        renew_interval_ms=renew,
-        link_tick_ms=tick,
-        link_timeout_ms=timeout,
-        executor_capacity=capacity,
-        mdns_interface=env.get(ENV_PREFIX + "MDNS_INTERFACE", "").strip(),
-        log_level=level,
-        env_file=env_file,
-        warnings=tuple(warnings),
+        cookie=cookie, nodes=tuple(sorted(nodes)), me=me, redis_url=redis_url, namespace=namespace,
+        dist_bind=dist_bind, api_bind=api_bind, api_port=api_port, discovery=discovery,
+        lease_ttl_ms=ttl, renew_interval_ms=renew, link_tick_ms=tick, link_timeout_ms=timeout,
+        executor_capacity=capacity, log_level=_log_level(env), env_file=env_file,
+        warnings=tuple(_cookie_warnings(cookie)),
     )
 
 

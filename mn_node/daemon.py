@@ -273,15 +273,19 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(EX_USAGE)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mn-node", description="mirror-neuron node daemon (runs in the foreground)")
     p.add_argument("--env-file", help="read MIRROR_NEURON_* variables from this file (overrides the environment)")
-    p.add_argument("--version", action="version", version=f"mn-node {__version__}")
+    p.add_argument("--version", action="version", version=f"mn-node {__version__}", help="print the version and exit")
     sub = p.add_subparsers(dest="cmd")
     sub.add_parser("run", help="run the daemon (default)")
     cc = sub.add_parser("check-config", help="print the effective configuration (cookie shown as its hash)")
-    cc.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    cc.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         cfg = load_config(env_file=args.env_file)
     except MirrorNeuronError as e:

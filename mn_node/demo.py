@@ -22,7 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mn_node.config import api_token
+from mn_node.config import DEFAULT_API_PORT, api_token
+from mn_node.errors import EX_FAILED, EX_INTERRUPTED, EX_OK
 from mn_node.jobs.tasks import primes_in
 
 PREFIX = "127.77.0"
@@ -88,7 +89,7 @@ class Demo:
                                              stdout=log, stderr=log, start_new_session=True)
 
     def api(self, k: int, path: str, body: Any = None) -> Any:
-        url = f"http://{PREFIX}.{k}:4000{path}"
+        url = f"http://{PREFIX}.{k}:{DEFAULT_API_PORT}{path}"
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
         if body is not None:
@@ -215,23 +216,29 @@ class Demo:
                  f"chunks {res.get('chunks')}, per node {res.get('per_node_chunks')}")
         ok = done["status"] == "completed" and res.get("prime_count") == expected and res.get("chunks") == a.workers
         self.say("OK: exact count after a node kill" if ok else "MISMATCH: see the logs")
-        return 0 if ok else 1
+        return EX_OK if ok else EX_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mn-demo", description=__doc__.split("\n\n")[0] if __doc__ else "")
+    p.add_argument("--nodes", type=int, default=3, choices=range(2, 10), metavar="N",
+                   help="local nodes to start, 2-9 (default 3)")
+    p.add_argument("--workers", type=int, default=60, metavar="N", help="prime workers in the job (default 60)")
+    p.add_argument("--start", type=int, default=10**13, metavar="N", help="first number to check (default 10^13)")
+    p.add_argument("--chunk-size", type=int, default=150_000, metavar="N",
+                   help="numbers per worker (default 150000)")
+    p.add_argument("--redis-url", metavar="URL", help="use this Redis instead of the embedded Valkey")
+    p.add_argument("--keep-logs", action="store_true", help="keep the nodes' logs and working directory")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mn-demo", description=__doc__.split("\n\n")[0] if __doc__ else "")
-    p.add_argument("--nodes", type=int, default=3, choices=range(2, 10))
-    p.add_argument("--workers", type=int, default=60)
-    p.add_argument("--start", type=int, default=10**13)
-    p.add_argument("--chunk-size", type=int, default=150_000)
-    p.add_argument("--redis-url", help="use this Redis instead of the embedded Valkey")
-    p.add_argument("--keep-logs", action="store_true")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     demo = Demo(args)
     try:
         return demo.run()
     except KeyboardInterrupt:
-        return 130
+        return EX_INTERRUPTED
     finally:
         demo.cleanup()
 

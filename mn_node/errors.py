@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 EX_OK = 0
+EX_FAILED = 1  # the command worked, but what it waited for did not succeed (a job that failed)
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
+EX_INTERRUPTED = 130  # 128 + SIGINT: the operator pressed Ctrl-C
 
 
 class MirrorNeuronError(Exception):

@@ -6,7 +6,6 @@ the same on every machine.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 
 from mn_tui.model import (
@@ -75,7 +74,7 @@ def events() -> list[Event]:
 def cluster() -> ClusterState:
     return ClusterState(
         fetched_at=NOW, api=API,
-        health=Health("ok", "mn1@10.0.0.11", "6b08ed92a4a8b9f1", "0.1.0", "ok", False, 3, ()),
+        health=Health("ok", "mn1@10.0.0.11", "6b08ed92a4a8b9f1", "0.1.0", "ok", False, ()),
         members=members(),
         leader=Leader("mn4@10.0.0.14", 4, 2140, "6b08ed92a4a8b9f4", False),
         events=events(),
@@ -85,13 +84,13 @@ def cluster() -> ClusterState:
 def jobs() -> list[Job]:
     return [
         Job("job-7f3a", "prime_sweep_scale", "prime_sweep_scale x60", "running", "mn4@10.0.0.14", 9,
-            _ms(30), _ms(0.5), 41, 63, {"mn1@10.0.0.11": 4, "mn2@10.0.0.12": 4, "mn4@10.0.0.14": 3}),
+            _ms(0.5), 41, 63, {"mn1@10.0.0.11": 4, "mn2@10.0.0.12": 4, "mn4@10.0.0.14": 3}),
         Job("job-7f39", "prime_sweep_scale", "prime_sweep_scale x4", "completed", "mn2@10.0.0.12", 7,
-            _ms(900), _ms(880), 7, 7, {}, {"primes": 32}),
+            _ms(880), 7, 7, {}, {"primes": 32}),
         Job("job-7f31", "prime_sweep_scale", "prime_sweep_scale x8", "failed", "mn3@10.0.0.13", 5,
-            _ms(4000), _ms(3990), 5, 11, {}, None, "prime_worker_0004: exceeded 3 attempts"),
+            _ms(3990), 5, 11, {}, None, "prime_worker_0004: exceeded 3 attempts"),
         Job("job-7f30", "prime_sweep_scale", "prime_sweep_scale x2", "pending", "", None,
-            _ms(2), _ms(2), 0, 5, {}),
+            _ms(2), 0, 5, {}),
     ]
 
 
@@ -179,7 +178,3 @@ class StaticProvider:
 
     async def close(self) -> None:
         return None
-
-
-def demo_app_kwargs() -> dict[str, object]:
-    return {"clock": fixed_clock, "tfn": time.gmtime}

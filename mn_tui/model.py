@@ -76,7 +76,6 @@ class Health:
     version: str
     redis: str
     leader: bool
-    members_up: int
     reasons: tuple[str, ...] = ()
 
     @classmethod
@@ -89,7 +88,6 @@ class Health:
             version=str(d.get("version", "")),
             redis=str(d.get("redis", "?")),
             leader=bool(d.get("leader")),
-            members_up=_int(d.get("members_up")),
             reasons=tuple(str(r) for r in reasons) if isinstance(reasons, list) else (str(reasons),),
         )
 
@@ -173,7 +171,6 @@ class Job:
     status: str
     owner: str
     epoch: int | None
-    submitted_ms: int
     updated_ms: int
     done: int
     total: int
@@ -194,7 +191,6 @@ class Job:
             status=str(d.get("status", "?")),
             owner=str(d.get("owner") or ""),
             epoch=None if d.get("epoch") in (None, "") else _int(d.get("epoch")),
-            submitted_ms=_int(d.get("submitted_ms")),
             updated_ms=_int(d.get("updated_ms")),
             done=_int(prog.get("done")),
             total=_int(prog.get("total")),

@@ -11,15 +11,15 @@ import asyncio
 import sys
 import time
 from collections.abc import Mapping
-from typing import NoReturn
 
+from mn_node.cli_base import Parser
 from mn_node.config import DEFAULT_ENV_FILE
 from mn_node.doctor.context import Context, build_context
 from mn_node.doctor.model import Result, exit_code
 from mn_node.doctor.registry import UnknownCheck, all_checks, select
 from mn_node.doctor.render import render_json, render_text, summary
 from mn_node.doctor.runner import run_checks
-from mn_node.errors import EX_USAGE, ConfigError
+from mn_node.errors import EX_INTERRUPTED, EX_OK, EX_USAGE, ConfigError
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -30,21 +30,16 @@ Every check runs concurrently under its own timeout; the whole run ends within -
 The cookie is never printed, only its hash."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"mn doctor: {message}; fix: see mn doctor --help", file=sys.stderr)
-        sys.exit(EX_USAGE)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mn doctor", description="Diagnose this node and the cluster: one line per check with the fix.",
+    p = Parser(prog="mn doctor", description="Diagnose this node and the cluster: one line per check with the fix.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--list-checks", action="store_true", help="list the checks and exit")
     p.add_argument("--check", action="append", metavar="NAME", help="run only this check (repeatable)")
     p.add_argument("-v", "--verbose", action="store_true", help="per-check timings and supporting facts")
-    p.add_argument("--env-file", help=f"read MIRROR_NEURON_* from this file (default {DEFAULT_ENV_FILE} if present)")
-    p.add_argument("--api", help="the local node's API (default from MIRROR_NEURON_API_BIND/_PORT: "
+    p.add_argument("--env-file", metavar="FILE",
+                   help=f"read MIRROR_NEURON_* from this file (default {DEFAULT_ENV_FILE} if present)")
+    p.add_argument("--api", metavar="URL", help="the local node's API (default from MIRROR_NEURON_API_BIND/_PORT: "
                                  "http://127.0.0.1:4000)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                    help=f"seconds the whole run may take (default {DEFAULT_TIMEOUT:g})")
@@ -64,7 +59,7 @@ def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
     if args.list_checks:
         for spec in all_checks():
             print(f"{spec.name:18} {spec.title}")
-        return 0
+        return EX_OK
     if not 0.5 <= args.timeout <= 300:
         print(f"mn doctor: --timeout {args.timeout:g} is out of range; fix: use 0.5 to 300 seconds", file=sys.stderr)
         return EX_USAGE
@@ -86,7 +81,7 @@ def main(argv: list[str], environ: Mapping[str, str] | None = None) -> int:
     try:
         results = asyncio.run(_run(ctx, args.check))
     except KeyboardInterrupt:
-        return 130
+        return EX_INTERRUPTED
     code = exit_code(results)
     summ = summary(results, code, time.monotonic() - t0)
     node = ctx.cfg.name if ctx.cfg else (ctx.node_name or "?")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from mn_node.config import DEFAULT_ENV_FILE, Config, NodeAddr, load_config, parse_env_file, redact_url
+from mn_node.config import DEFAULT_API_PORT, DEFAULT_ENV_FILE, Config, NodeAddr, load_config, parse_env_file
 from mn_node.errors import ConfigError
 
 T = TypeVar("T")
@@ -161,13 +161,9 @@ def build_context(
                 host = "127.0.0.1"
             elif host == "::":
                 host = "::1"
-            port = cfg.api_port if cfg else int(env.get("MIRROR_NEURON_API_PORT", "4000") or 4000) \
-                if (env.get("MIRROR_NEURON_API_PORT", "4000") or "4000").isdigit() else 4000
+            raw_port = env.get("MIRROR_NEURON_API_PORT", "").strip()
+            port = cfg.api_port if cfg else int(raw_port) if raw_port.isdigit() else DEFAULT_API_PORT
             shown = f"[{host}]" if ":" in host else host
             target = ApiTarget(f"http://{shown}:{port}", host, port, False)
     return Context(env=env, env_file=used_file, env_file_error=file_error, cfg=cfg, cfg_error=cfg_error,
                    api=target, timeout=timeout, verbose=verbose)
-
-
-def shown_redis(url: str | None) -> str:
-    return redact_url(url) if url else "(unset)"

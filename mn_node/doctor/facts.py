@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from mn_node.config import NodeAddr, parse_env_file, redact_url
+from mn_node.config import DEFAULT_API_PORT, DEFAULT_REDIS_PORT, NodeAddr, parse_env_file, redact_url
 from mn_node.doctor.context import Context
 from mn_node.doctor.model import Kind
 from mn_node.doctor.probes import (
@@ -75,6 +75,76 @@ async def redis_facts(ctx: Context) -> RedisFacts:
     return await ctx.once("redis", lambda: _probe_redis(ctx))
 
 
+async def _tcp_stage(facts: RedisFacts, url: str, st: float, envf: str) -> bool:
+    """TCP to a redis:// host, to tell "nothing there" from "filtered" from "not answering".
+
+    Fills host/port/password flag; on failure, the error, its kind and the fix. True if it connected."""
+    parts = urlsplit(url)
+    facts.host = parts.hostname or "127.0.0.1"
+    try:
+        facts.port = parts.port or DEFAULT_REDIS_PORT
+    except ValueError:
+        facts.port = DEFAULT_REDIS_PORT
+    facts.has_password = bool(parts.password)
+    try:
+        addr = await resolve(facts.host, st)
+        _r, w, facts.connect_ms = await tcp_connect(addr, facts.port, st)
+        await close_writer(w)
+        return True
+    except ProbeError as e:
+        facts.error = str(e)
+        if e.how == "refused":
+            facts.error = f"nothing listens at {facts.host}:{facts.port} (connection refused): Redis is down"
+            facts.fix = (f"start Redis on {facts.host} (systemctl start redis-server) or correct "
+                         f"MIRROR_NEURON_REDIS_URL in {envf}")
+        elif e.how == "timeout":
+            facts.kind = Kind.TIMEOUT
+            facts.error = (f"TCP to {facts.host}:{facts.port} timed out after {st:.1f}s: packets are dropped "
+                           "(firewall) or the host is down")
+            facts.fix = (f"on {facts.host}: allow TCP {facts.port} from this box (nft list ruleset; "
+                         "ufw status), and check the host is up")
+        elif e.how == "resolve":
+            facts.kind = Kind.CONFIG
+            facts.fix = f"use a resolvable host or an IP address in MIRROR_NEURON_REDIS_URL ({envf})"
+        else:
+            facts.fix = f"check the network path to {facts.host}:{facts.port} (ip route get {facts.host})"
+        return False
+
+
+async def _query_stage(client: Any, facts: RedisFacts) -> None:
+    """PING (median of 3), INFO server/memory/persistence, TIME and the clock skew."""
+    pings = []
+    for _ in range(3):
+        t0 = time.monotonic()
+        await client.ping()
+        pings.append((time.monotonic() - t0) * 1000)
+    facts.latency_ms = statistics.median(pings)
+    facts.server = await client.info("server")
+    facts.memory = await client.info("memory")
+    facts.persistence = await client.info("persistence")
+    t0 = time.time()
+    sec, usec = await client.time()
+    t1 = time.time()
+    facts.time_ms = int(sec) * 1000 + int(usec) / 1000
+    facts.skew_ms = (t0 + t1) / 2 * 1000 - facts.time_ms
+
+
+def _query_failed(facts: RedisFacts, e: BaseException, st: float, envf: str) -> None:
+    why, kind = _redis_error(e)
+    facts.kind = kind
+    shown = facts.url
+    if kind is Kind.CONFIG:
+        facts.error = f"Redis at {shown} refused us: {why}"
+        facts.fix = f"put the right password in MIRROR_NEURON_REDIS_URL (redis://:PASSWORD@HOST:PORT/0) in {envf}"
+    elif kind is Kind.TIMEOUT:
+        facts.error = (f"Redis at {shown} accepted the connection but did not answer within {st:.1f}s: "
+                       "it is paused (SIGSTOP), overloaded or blocked by a slow command")
+        facts.fix = f"on the Redis host: {facts.cli()} --latency; systemctl status redis-server; check its log"
+    else:
+        facts.error = f"Redis at {shown}: {why}"
+        facts.fix = f"check Redis with: {facts.cli()} ping"
+
+
 async def _probe_redis(ctx: Context) -> RedisFacts:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
@@ -85,40 +155,10 @@ async def _probe_redis(ctx: Context) -> RedisFacts:
     if not url:
         return RedisFacts("(unset)", False, "MIRROR_NEURON_REDIS_URL is not set",
                           Kind.CONFIG, f"set MIRROR_NEURON_REDIS_URL=redis://HOST:6379/0 in {envf}")
-    shown = redact_url(url)
-    facts = RedisFacts(shown, False)
-    parts = urlsplit(url)
+    facts = RedisFacts(redact_url(url), False)
     st = ctx.stage
-    if parts.scheme in ("redis", "rediss"):
-        facts.host = parts.hostname or "127.0.0.1"
-        try:
-            facts.port = parts.port or 6379
-        except ValueError:
-            facts.port = 6379
-        facts.has_password = bool(parts.password)
-        # stage 1: TCP, to tell "nothing there" from "filtered" from "not answering"
-        try:
-            addr = await resolve(facts.host, st)
-            _r, w, facts.connect_ms = await tcp_connect(addr, facts.port, st)
-            await close_writer(w)
-        except ProbeError as e:
-            facts.error = str(e)
-            if e.how == "refused":
-                facts.error = f"nothing listens at {facts.host}:{facts.port} (connection refused): Redis is down"
-                facts.fix = (f"start Redis on {facts.host} (systemctl start redis-server) or correct "
-                             f"MIRROR_NEURON_REDIS_URL in {envf}")
-            elif e.how == "timeout":
-                facts.kind = Kind.TIMEOUT
-                facts.error = (f"TCP to {facts.host}:{facts.port} timed out after {st:.1f}s: packets are dropped "
-                               "(firewall) or the host is down")
-                facts.fix = (f"on {facts.host}: allow TCP {facts.port} from this box (nft list ruleset; "
-                             "ufw status), and check the host is up")
-            elif e.how == "resolve":
-                facts.kind = Kind.CONFIG
-                facts.fix = f"use a resolvable host or an IP address in MIRROR_NEURON_REDIS_URL ({envf})"
-            else:
-                facts.fix = f"check the network path to {facts.host}:{facts.port} (ip route get {facts.host})"
-            return facts
+    if urlsplit(url).scheme in ("redis", "rediss") and not await _tcp_stage(facts, url, st, envf):
+        return facts
     client = aioredis.Redis.from_url(
         url, socket_connect_timeout=st, socket_timeout=st, decode_responses=True,
         retry=Retry(NoBackoff(), 0), health_check_interval=0,
@@ -126,33 +166,9 @@ async def _probe_redis(ctx: Context) -> RedisFacts:
     facts.client = client
     ctx.on_close(client.aclose)
     try:
-        pings = []
-        for _ in range(3):
-            t0 = time.monotonic()
-            await client.ping()
-            pings.append((time.monotonic() - t0) * 1000)
-        facts.latency_ms = statistics.median(pings)
-        facts.server = await client.info("server")
-        facts.memory = await client.info("memory")
-        facts.persistence = await client.info("persistence")
-        t0 = time.time()
-        sec, usec = await client.time()
-        t1 = time.time()
-        facts.time_ms = int(sec) * 1000 + int(usec) / 1000
-        facts.skew_ms = (t0 + t1) / 2 * 1000 - facts.time_ms
+        await _query_stage(client, facts)
     except Exception as e:
-        why, kind = _redis_error(e)
-        facts.kind = kind
-        if kind is Kind.CONFIG:
-            facts.error = f"Redis at {shown} refused us: {why}"
-            facts.fix = f"put the right password in MIRROR_NEURON_REDIS_URL (redis://:PASSWORD@HOST:PORT/0) in {envf}"
-        elif kind is Kind.TIMEOUT:
-            facts.error = (f"Redis at {shown} accepted the connection but did not answer within {st:.1f}s: "
-                           "it is paused (SIGSTOP), overloaded or blocked by a slow command")
-            facts.fix = f"on the Redis host: {facts.cli()} --latency; systemctl status redis-server; check its log"
-        else:
-            facts.error = f"Redis at {shown}: {why}"
-            facts.fix = f"check Redis with: {facts.cli()} ping"
+        _query_failed(facts, e, st, envf)
         return facts
     facts.ok = True
     return facts
@@ -297,7 +313,7 @@ async def _peer_app(ctx: Context, p: PeerProbe) -> None:
     host, _, port_s = api.rpartition(":")
     host = host.strip("[]")
     if not host or not port_s.isdigit():
-        host, port_s = p.node.host, str(ctx.cfg.api_port if ctx.cfg else 4000)
+        host, port_s = p.node.host, str(ctx.cfg.api_port if ctx.cfg else DEFAULT_API_PORT)
     if host in ("0.0.0.0", "::", ""):
         host = p.addr
     loopback_only = host.startswith("127.") or host == "::1"

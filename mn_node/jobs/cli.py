@@ -4,72 +4,91 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mn_node.errors import EX_DATAERR, EX_UNAVAILABLE, MirrorNeuronError
+from mn_node.cli_base import Api, CliError, add_json_flag, http_error, table
+from mn_node.errors import EX_DATAERR, EX_FAILED, EX_OK, EX_USAGE, MirrorNeuronError
 from mn_node.jobs.manifest import parse_text
 
 TERMINAL = ("completed", "failed", "cancelled")
 
 
+JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")  # what the API accepts (mn_node/jobs/api.py)
+
+
+def _job_id_type(commands: Mapping[str, Any]) -> Callable[[str], str]:
+    """argparse type for JOB_ID: a command name is never a job id (ids are GRAPH-MILLIS-HEX)."""
+
+    def job_id(value: str) -> str:
+        if value in commands:
+            raise argparse.ArgumentTypeError(
+                f"{value!r} is a command, not a job id; fix: run `mn {value}` on its own, or `mn jobs` to list job ids"
+            )
+        if not _JOB_ID.match(value):
+            raise argparse.ArgumentTypeError(f"{value[:80]!r} is not a job id; fix: `mn jobs` lists job ids")
+        return value
+
+    return job_id
+
+
 def register(sub: Any) -> None:
+    """Add submit, jobs, job, events and cancel to the ``mn`` subcommand table ``sub``."""
+    job_id = _job_id_type(sub.choices)
     s = sub.add_parser("submit", help="submit a job: a blueprint (prime_sweep_scale) or -f manifest.yaml")
     s.add_argument("blueprint", nargs="?", help="blueprint name, e.g. prime_sweep_scale")
-    s.add_argument("-f", "--file", help="a manifest file (JSON or YAML) instead of a blueprint")
-    s.add_argument("--workers", type=int)
-    s.add_argument("--start", type=int)
-    s.add_argument("--chunk-size", type=int)
-    s.add_argument("--end", type=int)
+    s.add_argument("-f", "--file", metavar="FILE", help="a manifest file (JSON or YAML) instead of a blueprint")
+    s.add_argument("--workers", type=int, metavar="N", help="blueprint parameter: number of worker agents")
+    s.add_argument("--start", type=int, metavar="N", help="blueprint parameter: first number of the range")
+    s.add_argument("--chunk-size", type=int, metavar="N", help="blueprint parameter: numbers per worker")
+    s.add_argument("--end", type=int, metavar="N", help="blueprint parameter: last number of the range (inclusive)")
     s.add_argument("--wait", action="store_true", help="wait until the job ends; exit 0 only if it completed")
-    s.add_argument("--json", action="store_true")
+    add_json_flag(s)
     s.set_defaults(handler=cmd_submit)
     s = sub.add_parser("jobs", help="recent jobs")
-    s.add_argument("--status", choices=["pending", "running", "completed", "failed", "cancelled"])
-    s.add_argument("--limit", type=int, default=20)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--status", choices=JOB_STATUSES, help="only jobs in this status")
+    s.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs, newest first (default 20)")
+    add_json_flag(s)
     s.set_defaults(handler=cmd_jobs)
     s = sub.add_parser("job", help="one job, with a live progress bar until it ends")
-    s.add_argument("job_id")
+    s.add_argument("job_id", type=job_id, metavar="JOB_ID", help="the job's id (mn jobs lists them)")
     s.add_argument("--no-follow", action="store_true", help="print once and exit")
-    s.add_argument("--json", action="store_true")
+    add_json_flag(s)
     s.set_defaults(handler=cmd_job)
     s = sub.add_parser("events", help="a job's events (--follow to tail them live)")
-    s.add_argument("job_id")
-    s.add_argument("--follow", "-f", action="store_true")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("job_id", type=job_id, metavar="JOB_ID", help="the job's id (mn jobs lists them)")
+    s.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the job ends")
+    add_json_flag(s)
     s.set_defaults(handler=cmd_events)
     s = sub.add_parser("cancel", help="cancel a pending or running job")
-    s.add_argument("job_id")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("job_id", type=job_id, metavar="JOB_ID", help="the job's id (mn jobs lists them)")
+    add_json_flag(s)
     s.set_defaults(handler=cmd_cancel)
 
 
-def _fail(msg: str, code: int) -> MirrorNeuronError:
-    from mn_node.cli import CliError
-
-    return CliError(msg, code)
-
-
-def cmd_submit(api: Any, args: argparse.Namespace) -> int:
+def cmd_submit(api: Api, args: argparse.Namespace) -> int:
     if args.file:
         if args.blueprint:
-            raise _fail("give a blueprint or -f FILE, not both; fix: drop one", 64)
+            raise CliError("give a blueprint or -f FILE, not both; fix: drop one", EX_USAGE)
         try:
             text = Path(args.file).read_text(encoding="utf-8")
         except OSError as e:
-            raise _fail(f"cannot read {args.file}: {e.strerror}; fix: check the path", EX_DATAERR) from None
+            raise CliError(f"cannot read {args.file}: {e.strerror}; fix: check the path", EX_DATAERR) from None
         body: dict[str, Any] = {"manifest": parse_text(text, args.file)}
     elif args.blueprint:
         names = ("workers", "start", "chunk_size", "end")
         params = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
         body = {"blueprint": args.blueprint, "params": params}
     else:
-        raise _fail("nothing to submit; fix: mn submit prime_sweep_scale --workers 4, or mn submit -f FILE", 64)
+        raise CliError("nothing to submit; fix: mn submit prime_sweep_scale --workers 4, or mn submit -f FILE",
+                       EX_USAGE)
     job = api.post("/api/v1/jobs", body)
     if not args.wait:
         if args.json:
@@ -77,11 +96,11 @@ def cmd_submit(api: Any, args: argparse.Namespace) -> int:
         else:
             jid = job["job_id"]
             print(f"submitted {jid} ({job['progress']['total']} agents); follow it with: mn job {jid}")
-        return 0
+        return EX_OK
     job = _follow(api, job["job_id"], show=not args.json)
     if args.json:
         print(json.dumps(job, indent=2))
-    return 0 if job["status"] == "completed" else 1
+    return EX_OK if job["status"] == "completed" else EX_FAILED
 
 
 def _bar(done: int, total: int, width: int = 30) -> str:
@@ -90,7 +109,7 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * fill + "-" * (width - fill) + f"] {done}/{total}"
 
 
-def _follow(api: Any, job_id: str, show: bool) -> dict[str, Any]:
+def _follow(api: Api, job_id: str, show: bool) -> dict[str, Any]:
     tty = show and sys.stdout.isatty()
     last_line = ""
     misses = 0
@@ -134,14 +153,12 @@ def _print_result(job: dict[str, Any]) -> None:
         print(f"  error: {job['error']}")
 
 
-def cmd_jobs(api: Any, args: argparse.Namespace) -> int:
+def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
     q = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
     jobs = api.get("/api/v1/jobs" + q)["jobs"]
     if args.json:
         print(json.dumps(jobs, indent=2))
-        return 0
-    from mn_node.cli import table
-
+        return EX_OK
     rows = []
     for j in jobs:
         p = j["progress"]
@@ -149,10 +166,10 @@ def cmd_jobs(api: Any, args: argparse.Namespace) -> int:
                      time.strftime("%H:%M:%S", time.localtime(j["submitted_ms"] / 1000)),
                      ",".join(f"{n.split('@')[0]}:{c}" for n, c in sorted(j["nodes"].items())) or "-"])
     print(table(rows, ["JOB", "STATUS", "PROGRESS", "OWNER", "SUBMITTED", "EXECUTORS PER NODE"]) if rows else "no jobs")
-    return 0
+    return EX_OK
 
 
-def cmd_job(api: Any, args: argparse.Namespace) -> int:
+def cmd_job(api: Api, args: argparse.Namespace) -> int:
     if args.no_follow or args.json:
         job = api.get(f"/api/v1/jobs/{args.job_id}")
         if args.json:
@@ -161,9 +178,9 @@ def cmd_job(api: Any, args: argparse.Namespace) -> int:
             p = job["progress"]
             print(f"{job['job_id']}  {job['status']}  {_bar(p['done'], p['total'])}  owner {job.get('owner') or '-'}")
             _print_result(job)
-        return 0
+        return EX_OK
     job = _follow(api, args.job_id, show=True)
-    return 0 if job["status"] == "completed" else 1
+    return EX_OK if job["status"] == "completed" else EX_FAILED
 
 
 def _fmt_event(ev: dict[str, Any]) -> str:
@@ -173,7 +190,7 @@ def _fmt_event(ev: dict[str, Any]) -> str:
     return f"{t}  {ev['type']:<24} {ev.get('node', ''):<22} {epoch:<9} {data}".rstrip()
 
 
-def cmd_events(api: Any, args: argparse.Namespace) -> int:
+def cmd_events(api: Api, args: argparse.Namespace) -> int:
     if not args.follow:
         evs = api.get(f"/api/v1/jobs/{args.job_id}/events")["events"]
         if args.json:
@@ -181,22 +198,22 @@ def cmd_events(api: Any, args: argparse.Namespace) -> int:
         else:
             for ev in evs:
                 print(_fmt_event(ev))
-        return 0
-    req = urllib.request.Request(f"{api.base}/api/v1/jobs/{args.job_id}/events?follow=1")  # noqa: S310
+        return EX_OK
+    path = f"/api/v1/jobs/{args.job_id}/events?follow=1"
+    req = urllib.request.Request(api.base + path)  # noqa: S310 (scheme checked by Api)
     try:
         with urllib.request.urlopen(req, timeout=3600) as r:  # noqa: S310
             for line in r:
                 ev = json.loads(line)
                 print(json.dumps(ev) if args.json else _fmt_event(ev), flush=True)
     except urllib.error.HTTPError as e:
-        reason = json.loads(e.read() or b"{}").get("error", e.reason)
-        raise _fail(f"events of {args.job_id}: {e.code} {reason}", EX_UNAVAILABLE) from None
+        raise http_error("GET", path, e) from None
     except urllib.error.URLError as e:
-        raise _fail(f"no node answers at {api.base} ({e.reason})", EX_UNAVAILABLE) from None
-    return 0
+        raise api.unreachable(e.reason) from None
+    return EX_OK
 
 
-def cmd_cancel(api: Any, args: argparse.Namespace) -> int:
+def cmd_cancel(api: Api, args: argparse.Namespace) -> int:
     res = api.post(f"/api/v1/jobs/{args.job_id}/cancel")
     print(json.dumps(res, indent=2) if args.json else f"{args.job_id}: cancelled (was {res['previous']})")
-    return 0
+    return EX_OK

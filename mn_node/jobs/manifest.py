@@ -95,10 +95,8 @@ def parse_text(text: str, source: str = "manifest") -> dict[str, Any]:
     return data
 
 
-def validate(data: Any, known_tasks: set[str] | None = None) -> Manifest:
-    """Validate a manifest mapping; raise :class:`ManifestError` naming the bad field's path."""
-    if not isinstance(data, dict):
-        raise _err("manifest", "is not an object", "send a JSON object with nodes, edges, entrypoints")
+def _header(data: dict[str, Any]) -> tuple[str, str]:
+    """(graph_id, job_name), after checking the manifest version."""
     version = data.get("manifest_version", "1.0")
     if str(version).split(".")[0] != "1":
         raise _err("manifest_version", f"{version!r} is not supported", "use manifest_version: '1.0'")
@@ -108,8 +106,27 @@ def validate(data: Any, known_tasks: set[str] | None = None) -> Manifest:
     job_name = data.get("job_name", graph_id)
     if not isinstance(job_name, str) or len(job_name) > 200:
         raise _err("job_name", "must be a string of at most 200 characters", "shorten it")
+    return graph_id, job_name
 
-    nodes = data.get("nodes")
+
+def _agent_config(path: str, atype: str, config: dict[str, Any], known_tasks: set[str] | None) -> None:
+    """An executor names a (known) task; an aggregator a known reducer."""
+    if atype == "executor":
+        task = config.get("task")
+        if not isinstance(task, str) or not task:
+            raise _err(f"{path}.config.task", "missing", "name an executor task, e.g. prime_range")
+        if known_tasks is not None and task not in known_tasks:
+            raise _err(
+                f"{path}.config.task", f"unknown task {task!r}",
+                f"use one of {', '.join(sorted(known_tasks)) or '(none installed)'} or install the plugin",
+            )
+    if atype == "aggregator":
+        reduce = config.get("reduce", "collect")
+        if reduce not in REDUCERS:
+            raise _err(f"{path}.config.reduce", f"unknown reducer {reduce!r}", f"use one of {', '.join(REDUCERS)}")
+
+
+def _agents(nodes: Any, known_tasks: set[str] | None) -> dict[str, Agent]:
     if not isinstance(nodes, list) or not nodes:
         raise _err("nodes", "missing or empty", "list the agents: nodes: [{node_id, agent_type, config}]")
     if len(nodes) > MAX_AGENTS:
@@ -130,22 +147,12 @@ def validate(data: Any, known_tasks: set[str] | None = None) -> Manifest:
         config = n.get("config", {})
         if not isinstance(config, dict):
             raise _err(f"{path}.config", "is not an object", "give config as a mapping")
-        if atype == "executor":
-            task = config.get("task")
-            if not isinstance(task, str) or not task:
-                raise _err(f"{path}.config.task", "missing", "name an executor task, e.g. prime_range")
-            if known_tasks is not None and task not in known_tasks:
-                raise _err(
-                    f"{path}.config.task", f"unknown task {task!r}",
-                    f"use one of {', '.join(sorted(known_tasks)) or '(none installed)'} or install the plugin",
-                )
-        if atype == "aggregator":
-            reduce = config.get("reduce", "collect")
-            if reduce not in REDUCERS:
-                raise _err(f"{path}.config.reduce", f"unknown reducer {reduce!r}", f"use one of {', '.join(REDUCERS)}")
+        _agent_config(path, atype, config, known_tasks)
         agents[aid] = Agent(aid, atype, dict(config))
+    return agents
 
-    edges_raw = data.get("edges", [])
+
+def _edges(edges_raw: Any, agents: dict[str, Agent]) -> list[tuple[str, str]]:
     if not isinstance(edges_raw, list):
         raise _err("edges", "is not a list", "give edges: [{from_node, to_node}]")
     edges: list[tuple[str, str]] = []
@@ -160,8 +167,11 @@ def validate(data: Any, known_tasks: set[str] | None = None) -> Manifest:
         edges.append((str(e["from_node"]), str(e["to_node"])))
     if len(set(edges)) != len(edges):
         raise _err("edges", "an edge is listed twice", "list each edge once")
+    return edges
 
-    entry = data.get("entrypoints")
+
+def _graph_shape(entry: Any, agents: dict[str, Agent], edges: list[tuple[str, str]]) -> list[str]:
+    """The entrypoints, after checking they are sources that reach every agent of an acyclic graph."""
     if not isinstance(entry, list) or not entry:
         raise _err("entrypoints", "missing or empty", "name the agents that receive the initial inputs")
     for i, aid in enumerate(entry):
@@ -177,15 +187,20 @@ def validate(data: Any, known_tasks: set[str] | None = None) -> Manifest:
     cycle = _find_cycle(list(agents), edges)
     if cycle:
         raise _err("edges", f"cycle {' -> '.join(cycle)}", "jobs must be acyclic graphs")
+    return entry
 
-    inputs = data.get("initial_inputs", {})
+
+def _initial_inputs(inputs: Any, entry: list[str]) -> dict[str, Any]:
     if not isinstance(inputs, dict):
         raise _err("initial_inputs", "is not an object", "map entrypoint ids to their input")
     for k in inputs:
         if k not in entry:
             raise _err(f"initial_inputs.{k}", "is not an entrypoint", "key inputs by entrypoint node_id")
+    return dict(inputs)
 
-    policies = data.get("policies", {})
+
+def _policies(policies: Any) -> dict[str, Any]:
+    """The policies with their defaults filled in."""
     if not isinstance(policies, dict):
         raise _err("policies", "is not an object", "give recovery_mode and max_agent_restart_attempts")
     mode = policies.get("recovery_mode", "cluster_recover")
@@ -197,12 +212,24 @@ def validate(data: Any, known_tasks: set[str] | None = None) -> Manifest:
     timeout = policies.get("task_timeout_s", 3600)
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 86400:
         raise _err("policies.task_timeout_s", f"{timeout!r} is not 0-86400 seconds", "use e.g. 600")
+    return {"recovery_mode": mode, "max_agent_restart_attempts": attempts, "task_timeout_s": timeout}
 
+
+def validate(data: Any, known_tasks: set[str] | None = None) -> Manifest:
+    """Validate a manifest mapping; raise :class:`ManifestError` naming the bad field's path.
+
+    Checked in this order, first problem wins: header (version, graph_id, job_name), agents,
+    edges, graph shape (entrypoints, reachability, cycles), initial inputs, policies."""
+    if not isinstance(data, dict):
+        raise _err("manifest", "is not an object", "send a JSON object with nodes, edges, entrypoints")
+    graph_id, job_name = _header(data)
+    agents = _agents(data.get("nodes"), known_tasks)
+    edges = _edges(data.get("edges", []), agents)
+    entry = _graph_shape(data.get("entrypoints"), agents, edges)
     return Manifest(
-        graph_id=graph_id, job_name=job_name, agents=agents, edges=tuple(edges),
-        entrypoints=tuple(entry), initial_inputs=dict(inputs),
-        policies={"recovery_mode": mode, "max_agent_restart_attempts": attempts, "task_timeout_s": timeout},
-        raw=data,
+        graph_id=graph_id, job_name=job_name, agents=agents, edges=tuple(edges), entrypoints=tuple(entry),
+        initial_inputs=_initial_inputs(data.get("initial_inputs", {}), entry),
+        policies=_policies(data.get("policies", {})), raw=data,
     )
 
 

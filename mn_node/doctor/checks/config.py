@@ -6,8 +6,9 @@ import os
 import pwd
 import stat
 from collections import Counter
+from dataclasses import dataclass, field
 
-from mn_node.config import ENV_PREFIX, parse_node_entry, redact_url
+from mn_node.config import ENV_PREFIX, Config, parse_node_entry, redact_url
 from mn_node.doctor.context import Context
 from mn_node.doctor.facts import redis_facts, registrations
 from mn_node.doctor.model import Kind, Result, fail, ok, split_fix, warn
@@ -106,33 +107,56 @@ _FIELDS = (
 )
 
 
-@check("config-agreement", 20, "config agreement: every node has the same node list, Redis URL and cookie hash")
-async def config_agreement(ctx: Context) -> Result:
-    name = "config-agreement"
-    regs = await registrations(ctx)
-    if regs is None:
-        r = await redis_facts(ctx)
-        return warn(name, f"not checked: it compares the nodes' registrations in Redis, which is unreachable "
-                          f"({r.error})", "fix the redis check first")
-    views: dict[str, dict[str, str]] = {}
-    for node, reg in regs.items():
-        views[node] = {"cluster_nodes": _node_list(reg), "redis_url": reg.get("redis_url", ""),
-                       "cookie_hash": reg.get("cookie_hash", ""),
-                       "fingerprint": reg.get("config_fingerprint", "")}
-    local: dict[str, str] | None = None
-    cfg = ctx.cfg
-    if cfg is not None:
-        local = {"cluster_nodes": ",".join(sorted(n.name for n in cfg.nodes)),
-                 "redis_url": redact_url(cfg.redis_url or ""), "cookie_hash": cfg.cookie_hash,
-                 "fingerprint": cfg.fingerprint()}
-        views.setdefault(cfg.name, local)
-    if not regs:
-        return warn(name, f"no node is registered in Redis namespace {ctx.namespace!r}: nothing to compare",
-                    "start the nodes (systemctl start mirror-neuron on each box)")
-    problems: list[str] = []
-    fixes: list[str] = []
-    me_differs = False
-    info: list[str] = []
+@dataclass
+class _Findings:
+    """What config-agreement found wrong, and whether this box is one of the odd ones out."""
+
+    problems: list[str] = field(default_factory=list)
+    fixes: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+    me_differs: bool = False
+
+    def add(self, problem: str, fix: str) -> None:
+        self.problems.append(problem)
+        self.fixes.append(fix)
+
+
+def _local_view(cfg: Config) -> dict[str, str]:
+    return {"cluster_nodes": ",".join(sorted(n.name for n in cfg.nodes)),
+            "redis_url": redact_url(cfg.redis_url or ""), "cookie_hash": cfg.cookie_hash,
+            "fingerprint": cfg.fingerprint()}
+
+
+def _registered_views(regs: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {node: {"cluster_nodes": _node_list(reg), "redis_url": reg.get("redis_url", ""),
+                   "cookie_hash": reg.get("cookie_hash", ""), "fingerprint": reg.get("config_fingerprint", "")}
+            for node, reg in regs.items()}
+
+
+def _field_problem(field_: str, label: str, var: str, node: str, theirs: str, majority: str,
+                   hint: str) -> tuple[str, str]:
+    """(problem, fix) for ``node`` whose ``field_`` is ``theirs`` where most have ``majority``."""
+    restart = "then systemctl restart mirror-neuron"
+    if field_ == "cluster_nodes":
+        mine_set, theirs_set = set(majority.split(",")) - {""}, set(theirs.split(",")) - {""}
+        diff = []
+        if mine_set - theirs_set:
+            diff.append("missing " + ",".join(sorted(mine_set - theirs_set)))
+        if theirs_set - mine_set:
+            diff.append("extra " + ",".join(sorted(theirs_set - mine_set)))
+        return (f"{node} has a different {label} ({'; '.join(diff)})",
+                f"on {node}: set {var}={majority} in {hint}, {restart}")
+    if field_ == "cookie_hash":
+        return (f"{node} has cookie hash {theirs}, the others {majority}",
+                f"on {node}: copy {var} from a healthy node into {hint}, {restart}")
+    return (f"{node} uses Redis {theirs}, the others {majority}",
+            f"on {node}: set {var} to the same URL as the other nodes, {restart}")
+
+
+def _compare_fields(views: dict[str, dict[str, str]], local: dict[str, str] | None, me: str | None,
+                    hint: str) -> _Findings:
+    """Each agreed field: the nodes that differ from the majority (from this box on a tie)."""
+    out = _Findings()
     for field_, label, var in _FIELDS:
         values = Counter(v[field_] for v in views.values())
         if len(values) < 2:
@@ -141,60 +165,73 @@ async def config_agreement(ctx: Context) -> Result:
         tie = sum(1 for c in values.values() if c == top) > 1
         if tie and local is not None:
             majority = local[field_]  # compare against this box when there is no majority
-        odd = sorted(n for n, v in views.items() if v[field_] != majority)
-        for n in odd:
-            theirs = views[n][field_]
-            if field_ == "cluster_nodes":
-                mine_set, theirs_set = set(majority.split(",")) - {""}, set(theirs.split(",")) - {""}
-                diff = []
-                if mine_set - theirs_set:
-                    diff.append("missing " + ",".join(sorted(mine_set - theirs_set)))
-                if theirs_set - mine_set:
-                    diff.append("extra " + ",".join(sorted(theirs_set - mine_set)))
-                problems.append(f"{n} has a different {label} ({'; '.join(diff)})")
-                fixes.append(f"on {n}: set {var}={majority} in {ctx.env_file_hint}, then systemctl restart "
-                             "mirror-neuron")
-            elif field_ == "cookie_hash":
-                problems.append(f"{n} has cookie hash {theirs}, the others {majority}")
-                fixes.append(f"on {n}: copy {var} from a healthy node into {ctx.env_file_hint}, then "
-                             "systemctl restart mirror-neuron")
-            else:
-                problems.append(f"{n} uses Redis {theirs}, the others {majority}")
-                fixes.append(f"on {n}: set {var} to the same URL as the other nodes, then systemctl restart "
-                             "mirror-neuron")
-            if cfg is not None and n == cfg.name:
-                me_differs = True
-        info += [f"{label}: {n} = {v[field_]}" for n, v in sorted(views.items())]
+        for n in sorted(n for n, v in views.items() if v[field_] != majority):
+            out.add(*_field_problem(field_, label, var, n, views[n][field_], majority, hint))
+            out.me_differs = out.me_differs or n == me
+        out.info += [f"{label}: {n} = {v[field_]}" for n, v in sorted(views.items())]
+    return out
+
+
+def _compare_fingerprints(views: dict[str, dict[str, str]], me: str | None, found: _Findings) -> None:
+    """Same names, URL and cookie but another fingerprint: the node ports differ."""
     fps = Counter(v["fingerprint"] for v in views.values() if v["fingerprint"])
-    if not problems and len(fps) > 1:
-        common = fps.most_common(1)[0][0]
-        odd = sorted(n for n, v in views.items() if v["fingerprint"] and v["fingerprint"] != common)
-        problems.append(f"{', '.join(odd)} {'has' if len(odd) == 1 else 'have'} another config fingerprint "
-                        "(same names, URL and cookie: the node ports in MIRROR_NEURON_CLUSTER_NODES differ)")
-        fixes.append("make MIRROR_NEURON_CLUSTER_NODES identical, ports included, on every box")
-        me_differs = cfg is not None and cfg.name in odd
-    # the running daemon's registration vs this box's config now (edited but not restarted?)
-    if cfg is not None and local is not None and cfg.name in regs:
-        running = views[cfg.name]
-        if running["fingerprint"] and running["fingerprint"] != local["fingerprint"] and not problems:
-            problems.append(f"the running {cfg.name} was started with another config than {ctx.env_file_hint} "
-                            "has now")
-            fixes.append("systemctl restart mirror-neuron (to load the current config)")
-    if problems:
-        return fail(name, "; ".join(problems), "; ".join(dict.fromkeys(fixes)),
-                    Kind.CONFIG if me_differs else Kind.UNAVAILABLE, info=info)
+    if found.problems or len(fps) < 2:
+        return
+    common = fps.most_common(1)[0][0]
+    odd = sorted(n for n, v in views.items() if v["fingerprint"] and v["fingerprint"] != common)
+    found.add(f"{', '.join(odd)} {'has' if len(odd) == 1 else 'have'} another config fingerprint "
+              "(same names, URL and cookie: the node ports in MIRROR_NEURON_CLUSTER_NODES differ)",
+              "make MIRROR_NEURON_CLUSTER_NODES identical, ports included, on every box")
+    found.me_differs = me is not None and me in odd
+
+
+def _membership_warning(views: dict[str, dict[str, str]], regs: dict[str, dict[str, str]],
+                        cfg: Config | None, info: list[str]) -> Result:
+    """All agree: ok, or a warning when the registered nodes are not exactly this box's list."""
+    name = "config-agreement"
     listed = {n.name for n in cfg.nodes} if cfg else set()
     missing = sorted(listed - set(regs))
     extra = sorted(set(regs) - listed) if cfg else []
     detail = f"{len(views)} node(s) agree (fingerprint {next(iter(views.values()))['fingerprint']})"
-    if missing or extra:
-        notes = []
-        if missing:
-            notes.append(f"not registered in Redis: {', '.join(missing)} (down, or using another Redis URL or "
-                         "namespace)")
-        if extra:
-            notes.append(f"registered but not in this node's list: {', '.join(extra)}")
-        return warn(name, detail + "; " + "; ".join(notes),
-                    "start the missing nodes, or make MIRROR_NEURON_CLUSTER_NODES list exactly the cluster's "
-                    "nodes on every box", info=info)
-    return ok(name, detail, info=info)
+    if not missing and not extra:
+        return ok(name, detail, info=info)
+    notes = []
+    if missing:
+        notes.append(f"not registered in Redis: {', '.join(missing)} (down, or using another Redis URL or "
+                     "namespace)")
+    if extra:
+        notes.append(f"registered but not in this node's list: {', '.join(extra)}")
+    return warn(name, detail + "; " + "; ".join(notes),
+                "start the missing nodes, or make MIRROR_NEURON_CLUSTER_NODES list exactly the cluster's "
+                "nodes on every box", info=info)
+
+
+@check("config-agreement", 20, "config agreement: every node has the same node list, Redis URL and cookie hash")
+async def config_agreement(ctx: Context) -> Result:
+    name = "config-agreement"
+    regs = await registrations(ctx)
+    if regs is None:
+        r = await redis_facts(ctx)
+        return warn(name, f"not checked: it compares the nodes' registrations in Redis, which is unreachable "
+                          f"({r.error})", "fix the redis check first")
+    views = _registered_views(regs)
+    cfg = ctx.cfg
+    local = _local_view(cfg) if cfg is not None else None
+    if cfg is not None and local is not None:
+        views.setdefault(cfg.name, local)
+    if not regs:
+        return warn(name, f"no node is registered in Redis namespace {ctx.namespace!r}: nothing to compare",
+                    "start the nodes (systemctl start mirror-neuron on each box)")
+    me = cfg.name if cfg is not None else None
+    found = _compare_fields(views, local, me, ctx.env_file_hint)
+    _compare_fingerprints(views, me, found)
+    # the running daemon's registration vs this box's config now (edited but not restarted?)
+    if cfg is not None and local is not None and cfg.name in regs and not found.problems:
+        running = views[cfg.name]["fingerprint"]
+        if running and running != local["fingerprint"]:
+            found.add(f"the running {cfg.name} was started with another config than {ctx.env_file_hint} has now",
+                      "systemctl restart mirror-neuron (to load the current config)")
+    if found.problems:
+        return fail(name, "; ".join(found.problems), "; ".join(dict.fromkeys(found.fixes)),
+                    Kind.CONFIG if found.me_differs else Kind.UNAVAILABLE, info=found.info)
+    return _membership_warning(views, regs, cfg, found.info)
