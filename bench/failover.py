@@ -6,7 +6,7 @@
   leader heartbeat ``{ns}:leader:beat``) lands in Redis with the new epoch.
 * graceful: SIGTERM the leader (what ``systemctl stop`` sends); same end point.
 * renew: one ``renew_all`` round trip for N leases held by one node.
-Goals (DESIGN §7): crash p99 <= 3 s, graceful p99 <= 200 ms, 10,000 renewals in one round trip.
+Goals (docs/architecture.md, "Numbers"): crash p99 <= 3 s, graceful p99 <= 200 ms, 10,000 renewals in one round trip.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ raw-TCP baseline, in the same run.
 
     python bench/link_throughput.py [--messages 2000000] [--rounds 3] [--json out.json] [--loop uvloop]
 
-Prints a table (stderr) and JSON (stdout). Goal (DESIGN §7): >= 1,000,000 msg/s and >= 50 % of
+Prints a table (stderr) and JSON (stdout). Goal (docs/architecture.md, "Numbers"): >= 1,000,000 msg/s and >= 50 % of
 the baseline.
 
 Each process is one Python interpreter, as a node is. The sender calls the API as an

@@ -1,4 +1,4 @@
-"""Leader election on ``{ns}:lease:cluster:leader`` (DESIGN §5).
+"""Leader election on ``{ns}:lease:cluster:leader`` (docs/architecture.md, "Leases and fencing").
 
 Every node that is not leader tries to acquire each renew interval, and schedules one extra
 attempt for the moment the current lease expires (from its PTTL), so a crashed leader is

@@ -76,7 +76,6 @@ class LeaseManager:
         self.held: dict[str, Lease] = {}
         # a held lease was lost (not released): deadline passed, refused, redis restarted
         self.lost: Signal[[Lease]] = Signal("lease lost")
-        self.renew_latency_ms: float | None = None
         # each batched renewal's round trip, in seconds (metrics observe it as a histogram)
         self.renewed: Signal[[float]] = Signal("lease renewed")
         self.fenced_ok = 0
@@ -144,7 +143,6 @@ class LeaseManager:
             return  # deadlines keep running down; the next tick marks them lost
         t1 = time.monotonic()
         self.renewals += 1
-        self.renew_latency_ms = (t1 - t0) * 1000
         self.renewed.emit(t1 - t0)
         deadline = t0 + self.ttl_ms / 1000 - self.margin
         for lease, ok in zip(leases, res, strict=True):

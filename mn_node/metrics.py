@@ -99,8 +99,10 @@ class NodeCollector(Collector):
     def _jobs(self) -> Iterator[Metric]:
         jobs = self.parts.jobs
         yield _labelled_counter("mn_executor_runs_total", "Executor runs on this node by outcome: result stored, "
-                                "or refused (no longer the current attempt of a running job).", "result",
-                                {"stored": jobs.executor.completed, "refused": jobs.executor.refused})
+                                "refused (no longer the current attempt of a running job when the result came), or not "
+                                "started (no longer current when its turn came).", "result",
+                                {"stored": jobs.executor.completed, "refused": jobs.executor.refused,
+                                 "not_started": jobs.executor.skipped})
         yield _gauge("mn_jobs_coordinating", "Jobs this node coordinates (holds the job lease of) now.",
                      len(jobs.coordinators))
         yield _counter("mn_orphan_sweeps_total", "Jobs this node took over as leader after their lease stayed "

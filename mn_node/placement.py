@@ -1,4 +1,4 @@
-"""Placement: which node coordinates which job (the Horde part, DESIGN §6).
+"""Placement: which node coordinates which job (docs/architecture.md, "Jobs").
 
 On every membership change, every "kick" and every tick, each node looks at active jobs whose
 lease is free. The live node ranked first by rendezvous hash of the job id acquires the lease

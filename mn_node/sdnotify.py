@@ -18,10 +18,6 @@ class Notifier:
         if usec.isdigit() and (not pid or pid == str(os.getpid())):
             self.watchdog_interval = int(usec) / 1e6 / 2
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._addr)
-
     def notify(self, state: str) -> bool:
         if not self._addr:
             return False

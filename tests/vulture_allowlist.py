@@ -70,20 +70,11 @@ Backoff
 _.next_delay
 _.reset
 
+# ---- public error kinds: one class per documented exit code (raised by callers of the API) ----
+UsageError  # mn_node/errors.py: EX_USAGE
+TempFailError  # mn_node/errors.py: EX_TEMPFAIL
+
 # ---- PENDING: unused code in files owned by other work; delete the code, then its line here ----
-uptime  # mn_node/api.py: daemon.py computes uptime_s inline
-UsageError  # mn_node/errors.py: no raiser
-TempFailError  # mn_node/errors.py: no raiser
-_.skipped  # mn_node/jobs/executor.py: counter written, never read
-ACTIVE  # mn_node/jobs/state.py
-_.lease_name  # mn_node/jobs/state.py JobKeys
-_.on_elected  # mn_node/leader.py: subscription API without subscribers
-_.on_deposed  # mn_node/leader.py
-granted_wall  # mn_node/leases.py Lease field, never read
-_.wait_lost  # mn_node/leases.py
-_._task  # mn_node/leases.py LeaseManager, assigned once, never read
 _.established_wall  # mn_node/link/conn.py Conn, assigned, never read
 ConnFactory  # mn_node/link/conn.py type alias
 _.dropped_conns  # mn_node/link/manager.py counter, never read
-_.enabled  # mn_node/sdnotify.py property
-now_ms  # mn_node/store.py

@@ -1,1 +1,1 @@
-"""Jobs: manifests, blueprints, executor tasks, coordinators (DESIGN §6)."""
+"""Jobs: manifests, blueprints, executor tasks, coordinators (docs/architecture.md, "Jobs")."""
