@@ -27,6 +27,9 @@ Decisions (where the original left room):
 * ``timeout_seconds`` (our key; the original had no timeout) per try, else the runner's
   ``default_timeout_s`` (3600 s). A try past it has its group killed and fails.
 * ``pool``/``pool_slots`` are the engine's business (placement); this runner ignores them.
+* Ownership: with a ``state_dir``, :meth:`CommandRunner.start` kills groups a crashed
+  daemon left and starts the reaper watchdog (:mod:`mn_node.runners.reaper`), so even the
+  grandchildren of a command die when the daemon is SIGKILLed.
 * Scratch directories stay after the run (their stdout/stderr files are the logs);
   :meth:`CommandRunner.remove_job` deletes a job's tree when the engine is done with it.
 """
@@ -44,7 +47,8 @@ from typing import Any
 
 from mn_node.runners import sandbox, structured
 from mn_node.runners.base import AttemptRecord, RunRequest, RunResult
-from mn_node.runners.process import GroupRegistry, OutputCaps, ProcessOutcome, Spawn, run_owned
+from mn_node.runners.process import GroupRegistry, OutputCaps, ProcessOutcome, Spawn, reap_recorded, run_owned
+from mn_node.runners.reaper import Watchdog
 from mn_node.runners.sandbox import SandboxError
 
 log = logging.getLogger("mn_node.runners.command")
@@ -127,18 +131,33 @@ class CommandRunner:
 
     def __init__(self, scratch_root: Path, *, default_timeout_s: float = DEFAULT_TIMEOUT_S,
                  caps: OutputCaps | None = None, kill_grace_s: float = 2.0,
-                 registry: GroupRegistry | None = None, daemon_env: Mapping[str, str] | None = None,
+                 state_dir: Path | None = None, daemon_env: Mapping[str, str] | None = None,
                  node_name: str | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.scratch_root = scratch_root
         self.default_timeout_s = default_timeout_s
         self.caps = caps or OutputCaps()
         self.kill_grace_s = kill_grace_s
-        self.registry = registry
+        self.registry = GroupRegistry(state_dir) if state_dir is not None else None
+        self.watchdog = Watchdog(state_dir) if state_dir is not None else None
         self.daemon_env = dict(os.environ if daemon_env is None else daemon_env)
         self.node_name = node_name or socket.gethostname()
         self._sleep = sleep
         self._active: dict[tuple[str, str], set[asyncio.Event]] = {}
+
+    def start(self) -> int:
+        """Kill what a previous daemon left (recorded in ``state_dir``) and start the reaper
+        watchdog; returns how many leftover groups were killed. Without ``state_dir``, only
+        PDEATHSIG ties commands to the daemon (direct children only)."""
+        if self.registry is None or self.watchdog is None:
+            return 0
+        reaped = reap_recorded(self.registry.state_dir)
+        self.watchdog.start()
+        return reaped
+
+    def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.close()
 
     async def cancel(self, job_id: str, agent_id: str | None = None) -> int:
         told = 0
