@@ -69,7 +69,7 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def _entry(path: Path, root: Path, name: str) -> Entry:
+def entry_of(path: Path, root: Path, name: str) -> Entry:
     st = path.lstat()
     if stat.S_ISLNK(st.st_mode):
         real = path.resolve()
@@ -96,7 +96,7 @@ def scan(root: Path) -> Iterator[Entry]:
             name = f"{prefix}{child.name}"
             if child.name in SKIPPED_DIRS or child.name.endswith(SKIPPED_SUFFIXES):
                 continue
-            entry = _entry(child, root, name)
+            entry = entry_of(child, root, name)
             yield entry
             if entry.source is None:
                 yield from walk(child, name + "/")

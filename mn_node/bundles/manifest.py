@@ -173,7 +173,7 @@ def _check_files(path: Path, check: _Check, cap: int) -> None:
                 continue
             rel = child.relative_to(root).as_posix()
             try:
-                entry = archive._entry(child, root, rel)
+                entry = archive.entry_of(child, root, rel)
             except archive.BundleError as e:
                 check.bad(rel, str(e).split(": ", 1)[1])
                 continue

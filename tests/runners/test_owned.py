@@ -178,3 +178,36 @@ def test_daemon_sigkill_takes_the_group_with_it(tmp_path: Path) -> None:
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+DIRECT = """
+import asyncio, sys
+from pathlib import Path
+import mn_node.runners.process as process
+from mn_node.runners.command import CommandRunner
+from mn_node.runners.base import RunRequest, envelope
+
+if sys.argv[2] == "preexec":
+    process.setpriv = lambda: None  # take the prctl-in-preexec_fn path
+tmp = Path(sys.argv[1])
+cmd = "echo $$ > " + str(tmp / "pgid") + "; exec sleep 100"
+runner = CommandRunner(tmp / "scratch")  # no state_dir: no watchdog, PDEATHSIG alone
+asyncio.run(runner.run(RunRequest("j", "a", {"command": cmd}, envelope("j", "a", "t", {}))))
+"""
+
+
+@pytest.mark.parametrize("path", ["setpriv", "preexec"])
+def test_pdeathsig_alone_kills_the_direct_child(tmp_path: Path, path: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    daemon = subprocess.Popen([sys.executable, "-c", DIRECT, str(tmp_path), path], env=env)
+    try:
+        pgid = pgid_of(tmp_path / "pgid")
+        wait_until(lambda: any("sleep" in " ".join(p.cmdline()) for p in group_members(pgid)), 10,
+                   "the command exec'd into sleep")
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(5)
+        assert_group_gone(pgid)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
