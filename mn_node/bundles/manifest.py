@@ -20,7 +20,7 @@ Normalized form::
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -85,6 +85,10 @@ class Validation:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def __iter__(self) -> Iterator[Any]:
+        """``manifest, warnings, problems = validate_bundle(path)``"""
+        return iter((self.manifest, self.warnings, self.problems))
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": [str(p) for p in self.problems],
@@ -503,7 +507,8 @@ def _policies(raw: Any, check: _Check) -> dict[str, Any]:
 
 
 def _check_graph(check: _Check, ids: list[str], edges: list[dict[str, Any]], entrypoints: list[str]) -> None:
-    """Cycles are refused (naming the nodes on one); nodes no entrypoint reaches are refused."""
+    """Cycles are refused (naming the nodes on one); nodes no edge from an entrypoint reaches
+    are reported as warnings."""
     graph: dict[str, list[str]] = {i: [] for i in ids}
     for e in edges:
         if e["from_node"] in graph and e["to_node"] in graph:
@@ -522,7 +527,8 @@ def _check_graph(check: _Check, ids: list[str], edges: list[dict[str, Any]], ent
                 stack.append(nxt)
     for node_id in ids:
         if entrypoints and node_id not in reach:
-            check.bad("nodes", f"node {node_id!r} is reached from no entrypoint; fix: add an edge to it or remove it")
+            check.warn("nodes", f"node {node_id!r} is reached from no entrypoint by an edge: it runs only if "
+                                "a message is sent to it by name (emit_messages with 'to')")
 
 
 def _find_cycle(graph: Mapping[str, list[str]]) -> list[str]:

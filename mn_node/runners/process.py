@@ -245,27 +245,26 @@ class GroupRegistry:
             (self.state_dir / f"{pgid}.json").unlink()
 
 
-def _members(pgid: int, started: float, uid: int) -> list[psutil.Process]:
-    """Live processes of the recorded group that were born after it and belong to its user
-    (so a recycled pgid of someone else's group is never touched)."""
-    found = []
+def _groups(uid: int) -> dict[int, list[psutil.Process]]:
+    """Live processes of ``uid`` by process group (one pass over the process table)."""
+    groups: dict[int, list[psutil.Process]] = {}
     for proc in psutil.process_iter(["pid", "create_time", "uids"]):
         try:
-            if os.getpgid(proc.pid) != pgid:
-                continue
-            if proc.info["create_time"] + 1.0 < started or proc.info["uids"].real != uid:
-                continue
-            found.append(proc)
-        except (ProcessLookupError, psutil.Error):
+            if proc.info["uids"].real == uid:
+                groups.setdefault(os.getpgid(proc.pid), []).append(proc)
+        except (ProcessLookupError, psutil.Error, AttributeError):
             continue
-    return found
+    return groups
 
 
 def reap_recorded(state_dir: Path) -> int:
     """Kill the groups a previous daemon recorded and did not forget; returns how many groups
-    still had processes. Call once at start-up, before any command runs."""
+    still had processes. Only processes of the recorded user born after the recorded leader
+    are touched, so a recycled group id of someone else is left alone. Call once at start-up,
+    before any command runs (the reaper watchdog calls it when the daemon dies)."""
     if not state_dir.is_dir():
         return 0
+    groups = _groups(os.getuid())
     reaped = 0
     for entry in sorted(state_dir.glob("*.json")):
         try:
@@ -274,7 +273,7 @@ def reap_recorded(state_dir: Path) -> int:
         except (OSError, ValueError, KeyError, TypeError):
             entry.unlink(missing_ok=True)
             continue
-        members = _members(pgid, started, uid)
+        members = [p for p in groups.get(pgid, []) if uid == os.getuid() and p.info["create_time"] + 1.0 >= started]
         if members:
             reaped += 1
             log.warning("killing %d leftover process(es) of group %d (%s) from a previous run",

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from mn_node.runners.command import CommandRunner
-from mn_node.runners.process import MiB, OutputCaps
+from mn_node.runners.process import MiB
 from tests.runners.support import describe, group_members, request
 from tests.support.wait import async_wait_until, wait_until
 
@@ -110,7 +110,7 @@ async def test_background_leftovers_of_a_normal_exit_are_killed(tmp_path: Path) 
 
 
 async def test_200_mb_of_output_is_capped_and_memory_stays_bounded(tmp_path: Path) -> None:
-    runner = CommandRunner(tmp_path / "s", caps=OutputCaps(file_bytes=8 * MiB, keep_bytes=1 * MiB))
+    runner = CommandRunner(tmp_path / "s")  # the documented defaults: 64 MiB files, 1 MiB kept
     me = psutil.Process()
     base = me.memory_info().rss
     peak = [base]
@@ -133,7 +133,7 @@ async def test_200_mb_of_output_is_capped_and_memory_stays_bounded(tmp_path: Pat
     assert len(res.sandbox["stdout"]) < 1 * MiB + 100
     assert "bytes not kept" in res.sandbox["stdout"]
     out_file = res.attempts[0].stdout_file
-    assert out_file is not None and out_file.stat().st_size == 8 * MiB
+    assert out_file is not None and out_file.stat().st_size == 64 * MiB
     growth = (peak[0] - base) / MiB
     assert growth < 50, f"RSS grew {growth:.1f} MiB"
 
@@ -211,3 +211,26 @@ def test_pdeathsig_alone_kills_the_direct_child(tmp_path: Path, path: str) -> No
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+def test_a_restarted_daemon_kills_groups_a_previous_one_recorded(tmp_path: Path) -> None:
+    from mn_node.runners.process import GroupRegistry
+
+    left = subprocess.Popen(["sh", "-c", "sleep 100 & sleep 100"], start_new_session=True)
+    try:
+        registry = GroupRegistry(tmp_path / "state")
+        registry.record(left.pid, "job/agent")
+        wait_until(lambda: len(group_members(left.pid)) >= 3, 10, "the leftover group running")
+        (tmp_path / "state" / "999999.json").write_text('{"pgid": 999999, "started": 0, "uid": 0}')
+        (tmp_path / "state" / "junk.json").write_text("not json")
+        runner = CommandRunner(tmp_path / "scratch", state_dir=tmp_path / "state")
+        try:
+            assert runner.start() == 1
+            assert_group_gone(left.pid)
+            assert list((tmp_path / "state").glob("*.json")) == []
+        finally:
+            runner.close()
+    finally:
+        if left.poll() is None:
+            os.killpg(left.pid, signal.SIGKILL)
+        left.wait()
