@@ -320,8 +320,8 @@ async def run_owned(spec: Spawn, cancel: asyncio.Event | None = None,
     out = CappedSink(spec.stdout_file, spec.caps)
     err = CappedSink(spec.stderr_file, spec.caps)
     t0 = time.monotonic()
-    argv, preexec = _owned_argv(spec)
     try:
+        argv, preexec = _owned_argv(spec)
         proc = await asyncio.create_subprocess_exec(
             *argv, cwd=str(spec.cwd), env=dict(spec.env), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -331,11 +331,11 @@ async def run_owned(spec: Spawn, cancel: asyncio.Event | None = None,
         err.close()
         raise
     pgid = proc.pid
-    if registry is not None:
-        registry.record(pgid, spec.label)
     pumps = [asyncio.ensure_future(_pump(proc.stdout, out)), asyncio.ensure_future(_pump(proc.stderr, err))]
     timed_out = cancelled = False
     try:
+        if registry is not None:
+            registry.record(pgid, spec.label)
         timed_out, cancelled = await _wait(proc, spec.timeout_s, cancel)
         if timed_out or cancelled:
             await kill_group(pgid, spec.kill_grace_s)

@@ -178,6 +178,8 @@ def test_daemon_sigkill_takes_the_group_with_it(tmp_path: Path) -> None:
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+        if daemon.stdout is not None:
+            daemon.stdout.close()
 
 
 DIRECT = """
