@@ -24,6 +24,7 @@ log = logging.getLogger("mn_node.store")
 
 # Length cap (approximate MAXLEN) of every events stream: the cluster's and each job's.
 EVENTS_MAXLEN = 10_000
+BINARY_OP_TIMEOUT_S = 30.0
 
 
 class Script:
@@ -65,6 +66,7 @@ class Store:
     def __init__(self, url: str, namespace: str, *, op_timeout: float = 1.0) -> None:
         self.url = url
         self.ns = namespace
+        self.op_timeout = op_timeout
         self.r: aioredis.Redis = aioredis.Redis.from_url(
             url,
             socket_timeout=op_timeout,
@@ -77,6 +79,7 @@ class Store:
             health_check_interval=0,
         )
         self.scripts = Scripts(self)
+        self._binary: aioredis.Redis | None = None
         self.available = False
         self.last_error = "not connected yet"
         self.run_id: str | None = None
@@ -90,6 +93,17 @@ class Store:
     @property
     def display_url(self) -> str:
         return redact_url(self.url)
+
+    @property
+    def binary(self) -> aioredis.Redis:
+        """A second client that returns bytes (bundle archives), made on first use. Its
+        timeout allows a bundle at the size cap to cross a slow link; same no-retry rule."""
+        if self._binary is None:
+            self._binary = aioredis.Redis.from_url(
+                self.url, socket_timeout=BINARY_OP_TIMEOUT_S, socket_connect_timeout=self.op_timeout,
+                decode_responses=False, retry=Retry(NoBackoff(), 0), health_check_interval=0,
+            )
+        return self._binary
 
     # ---- availability -----------------------------------------------------------------
     def mark_error(self, err: BaseException) -> None:
@@ -178,6 +192,8 @@ class Store:
 
     async def close(self) -> None:
         await self.r.aclose()
+        if self._binary is not None:
+            await self._binary.aclose()
 
 
 def _describe(err: BaseException) -> str:
