@@ -1,6 +1,7 @@
 """The Molecule scenario (molecule/default) from pytest, so CI's `python3 -m pytest` runs it:
 tests/cluster/run-molecule.sh = syntax, create (3 namespace boxes), check (site.yml --check on
-the fresh boxes), converge (site.yml), idempotence (0 changed), verify, destroy; every box and namespace removed afterwards."""
+the fresh boxes), converge (site.yml), idempotence (0 changed), verify, destroy; every box and
+namespace removed afterwards."""
 
 from __future__ import annotations
 
