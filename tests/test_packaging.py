@@ -8,6 +8,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 import mn_node
 import mn_tui
 from mn_node.errors import EX_UNAVAILABLE
@@ -39,3 +41,14 @@ def test_mn_tui_without_textual_prints_one_line_fix() -> None:
     assert r.returncode == EX_UNAVAILABLE, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot import textual" in lines[0] and "fix: " in lines[0], r.stderr
+
+
+def test_missing_tools_are_named() -> None:
+    from tests.support.tools import missing_tools
+
+    assert missing_tools("sh", "mn-no-such-tool", "/no/such/path") == ["mn-no-such-tool", "/no/such/path"]
+
+
+@pytest.mark.requires_tool("mn-no-such-tool")
+def test_requires_tool_marker_skips_instead_of_running() -> None:
+    raise AssertionError("requires_tool did not skip a test whose tool is missing")
