@@ -9,6 +9,6 @@ Layout: ``model`` (plain dataclasses parsed from the API), ``client`` (aiohttp J
 
 from __future__ import annotations
 
-__all__ = ["__version__"]
+from mn_node import __version__  # one version for the whole distribution
 
-__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -6,10 +6,25 @@ import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.redis import RedisServer
+from tests.support.tools import missing_tools, redis_server_missing
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires_tool(*tools, root=False): skip, naming them, unless these commands exist "
+        "(tests/support/tools.py)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires_tool"):
+        if missing := missing_tools(*mark.args, root=bool(mark.kwargs.get("root", False))):
+            pytest.skip(f"needs {', '.join(missing)} (`sudo bash .ci/run` installs every tool the tests use)")
 
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
+    if why := redis_server_missing():
+        pytest.skip(why)
     srv = RedisServer()
     try:
         srv.start()

@@ -30,8 +30,6 @@ from typing import Any, cast
 
 import msgpack
 from nacl import bindings as nb
-from nacl._sodium import ffi as _ffi
-from nacl._sodium import lib as _lib
 
 from mn_node.config import cookie_hash
 from mn_node.errors import AuthError, ProtocolError, VersionError
@@ -48,10 +46,33 @@ _HEADER_BYTES = nb.crypto_secretstream_xchacha20poly1305_HEADERBYTES
 ABYTES = nb.crypto_secretstream_xchacha20poly1305_ABYTES
 """Ciphertext overhead of one frame (tag byte + Poly1305 MAC)."""
 _PREFIX = struct.Struct(">I")
-_PUSH = _lib.crypto_secretstream_xchacha20poly1305_push
-_PULL = _lib.crypto_secretstream_xchacha20poly1305_pull
-_NULL = _ffi.NULL
-_from_buffer = _ffi.from_buffer
+
+
+@dataclass(frozen=True)
+class _Ffi:
+    """libsodium's secretstream push/pull through PyNaCl's own cffi binding (``nacl._sodium``)."""
+
+    push: Any
+    pull: Any
+    null: Any
+    from_buffer: Any
+
+
+def _load_ffi() -> _Ffi | None:
+    """The zero-copy path, or None when ``nacl._sodium`` is missing or no longer has what it
+    needs (it is PyNaCl's internal module): then the streams use the public ``nacl.bindings``
+    functions, which produce and accept the same frames."""
+    try:
+        from nacl._sodium import ffi, lib
+
+        return _Ffi(lib.crypto_secretstream_xchacha20poly1305_push, lib.crypto_secretstream_xchacha20poly1305_pull,
+                    ffi.NULL, ffi.from_buffer)
+    except (ImportError, AttributeError):
+        return None
+
+
+_FFI: _Ffi | None = _load_ffi()
+"""The zero-copy binding in use (None: PyNaCl's public API; tests set it to None to compare)."""
 KEEP_PLAIN_BUFFER = 1024 * 1024
 """A receive stream reuses one plaintext buffer for frames up to this size (bigger ones get a
 buffer of their own, so one big message does not pin megabytes per link)."""
@@ -111,7 +132,7 @@ class SendStream:
     PyNaCl's own cffi binding (``nacl._sodium``) instead of the ``nacl.bindings`` wrapper: same
     function, same state, but it reads the plaintext from any buffer (the connection's
     bytearray) and writes the ciphertext straight behind the frame's length prefix, which saves
-    three copies of every frame.
+    three copies of every frame. Without that module it uses the wrapper (:data:`_FFI` is None).
     """
 
     __slots__ = ("_count", "_state", "header")
@@ -127,10 +148,15 @@ class SendStream:
         self._count += 1
         tag = _TAG_FINAL if final else (_TAG_REKEY if self._count % REKEY_EVERY == 0 else _TAG_MESSAGE)
         n = len(plaintext)
+        ffi = _FFI
+        if ffi is None:
+            ct = nb.crypto_secretstream_xchacha20poly1305_push(self._state, bytes(plaintext), None, tag)
+            return bytearray(_PREFIX.pack(len(ct)) + ct)
         frame = bytearray(4 + n + ABYTES)
         _PREFIX.pack_into(frame, 0, n + ABYTES)
-        with _from_buffer("unsigned char[]", frame, True) as dst, _from_buffer("unsigned char[]", plaintext) as src:
-            rc = _PUSH(self._state.statebuf, dst + 4, _NULL, src, n, _NULL, 0, tag)
+        fb = ffi.from_buffer
+        with fb("unsigned char[]", frame, True) as dst, fb("unsigned char[]", plaintext) as src:
+            rc = ffi.push(self._state.statebuf, dst + 4, ffi.null, src, n, ffi.null, 0, tag)
         if rc != 0:
             raise RuntimeError("crypto_secretstream push failed")
         return frame
@@ -161,6 +187,9 @@ class RecvStream:
         clen = len(ciphertext)
         if clen < ABYTES:
             raise ProtocolError("frame failed authentication (tampered, reordered or replayed)")
+        ffi = _FFI
+        if ffi is None:
+            return self._open_public(ciphertext)
         mlen = clen - ABYTES
         buf = self._plain
         if len(buf) < mlen:
@@ -168,13 +197,24 @@ class RecvStream:
             if mlen <= KEEP_PLAIN_BUFFER:
                 self._plain = buf
         state = self._state
-        with _from_buffer("unsigned char[]", buf, True) as dst, _from_buffer("unsigned char[]", ciphertext) as src:
-            rc = _PULL(state.statebuf, dst, _NULL, state.tagbuf, src, clen, _NULL, 0)
+        fb = ffi.from_buffer
+        with fb("unsigned char[]", buf, True) as dst, fb("unsigned char[]", ciphertext) as src:
+            rc = ffi.pull(state.statebuf, dst, ffi.null, state.tagbuf, src, clen, ffi.null, 0)
         if rc != 0:
             raise ProtocolError("frame failed authentication (tampered, reordered or replayed)")
         if cast("Any", state.tagbuf)[0] == _TAG_FINAL:
             self.finished = True
         return memoryview(buf)[:mlen]
+
+    def _open_public(self, ciphertext: bytes | bytearray | memoryview) -> memoryview:
+        """:meth:`open` through PyNaCl's public ``nacl.bindings`` (one copy more per frame)."""
+        try:
+            plain, tag = nb.crypto_secretstream_xchacha20poly1305_pull(self._state, bytes(ciphertext), None)
+        except Exception:  # PyNaCl raises its own CryptoError/RuntimeError subclasses
+            raise ProtocolError("frame failed authentication (tampered, reordered or replayed)") from None
+        if tag == _TAG_FINAL:
+            self.finished = True
+        return memoryview(plain)
 
     def decrypt(self, ciphertext: bytes | bytearray | memoryview) -> bytes:
         return bytes(self.open(ciphertext))

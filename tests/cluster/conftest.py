@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -9,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.tools import missing_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,10 +22,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def missing_box_tools() -> list[str]:
     """What this machine lacks to boot boxes and deploy to them (empty: all there)."""
-    missing = [] if os.geteuid() == 0 else ["root"]
-    missing += [t for t in ("ansible-playbook", "nsenter", "unshare", "ssh", "ssh-keygen") if not shutil.which(t)]
-    missing += [p for p in ("/usr/sbin/sshd", "/usr/bin/redis-server", "/lib/systemd/systemd") if not Path(p).exists()]
-    return missing
+    return missing_tools("ansible-playbook", "nsenter", "unshare", "ssh", "ssh-keygen", "ip",
+                         "/usr/sbin/sshd", "/usr/bin/redis-server", "/lib/systemd/systemd", root=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The Molecule scenario (molecule/default) from pytest, so CI's `python3 -m pytest` runs it:
-tests/cluster/run-molecule.sh = syntax, create (3 namespace boxes), converge (site.yml),
-idempotence (0 changed), verify, destroy; every box and namespace removed afterwards."""
+tests/cluster/run-molecule.sh = syntax, create (3 namespace boxes), check (site.yml --check on
+the fresh boxes), converge (site.yml), idempotence (0 changed), verify, destroy; every box and
+namespace removed afterwards."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def test_molecule_scenario(wheelhouse: Path) -> None:
     timing = re.findall(r"^run-molecule: .*$", out, re.M)
     print(f"molecule test: {secs:.1f}s; {timing}; steps {steps}")
     assert r.returncode == 0, out[-8000:]
-    assert [s for s, _ in steps] == ["syntax", "create", "converge", "idempotence", "verify", "destroy"], steps
+    assert [s for s, _ in steps] == ["syntax", "create", "check", "converge", "idempotence", "verify",
+                                   "destroy"], steps
     assert all(res == "Successful" for _, res in steps), steps
     assert not left, f"namespaces left behind: {left}"

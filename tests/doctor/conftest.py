@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import Cluster
+from tests.support.tools import skip_unless_tools
 from tests.support.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,7 +54,8 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture
 def nft_drop() -> Iterator[Callable[[str], None]]:
     """``drop(addr)``: silently drop every packet this box sends to ``addr`` (a test's own
-    127.a.b.k address), in a dedicated nft table deleted afterwards."""
+    127.a.b.k address), in a dedicated nft table deleted afterwards. Skips without nft or root."""
+    skip_unless_tools("nft", root=True)
     table = f"mn_doctor_test_{os.getpid()}_{random.randint(0, 10**6)}"
     created = False
 
