@@ -166,7 +166,7 @@ class LinkManager:
         elif old != (host, port):
             self._wake[name].set()
 
-    def wake(self, name: str) -> None:
+    def _redial_now(self, name: str) -> None:
         ev = self._wake.get(name)
         if ev is not None:
             ev.set()
@@ -341,7 +341,7 @@ class LinkManager:
             if not self.closing:
                 log.info("link down: %s: %s", conn.describe(), reason)
             self.down.emit(conn, reason)
-            self.wake(conn.peer)
+            self._redial_now(conn.peer)
 
     # ---- dialling -----------------------------------------------------------------------
     async def _dial_loop(self, name: str) -> None:
