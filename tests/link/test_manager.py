@@ -208,6 +208,24 @@ async def test_large_message_right_after_handshake(managers: Factory) -> None:
     assert b.dropped_conns == 0 and a.ident.node in b.links
 
 
+async def test_failing_up_subscriber_breaks_neither_the_link_nor_the_others(
+    managers: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = await managers(), await managers()
+    seen: list[str] = []
+
+    def broken(conn: Any) -> None:
+        raise RuntimeError("subscriber bug")
+
+    a.up.connect(broken)
+    a.on_up(lambda conn: seen.append(conn.peer))  # the wrapper membership uses
+    connect(a, b)
+    await linked(a, b)
+    await until(lambda: seen == [b.ident.node], "the second subscriber to see the link")
+    assert any("subscriber" in r.getMessage() and "link up" in r.getMessage() for r in caplog.records)
+    await _assert_pair_healthy(a, b)
+
+
 async def test_simultaneous_dial_leaves_exactly_one_link(managers: Factory) -> None:
     for _ in range(8):
         a, b = await managers(), await managers()
