@@ -1,4 +1,5 @@
-"""Encrypted, cookie-authenticated links between nodes (DESIGN §3)."""
+"""Encrypted, cookie-authenticated links between nodes: the handshake (``crypto``), frames
+(``codec``), one connection (``conn``) and the registry of links (``manager``)."""
 
 from mn_node.link.crypto import PROTOCOL_VERSION, Identity
 from mn_node.link.manager import COOKIE_MISMATCH, LinkManager

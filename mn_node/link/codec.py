@@ -20,7 +20,8 @@ def encode_frame(body: bytes) -> bytes:
 
 
 class FrameDecoder:
-    """Incremental decoder. ``feed`` returns complete frames; it never allocates a body
+    """Incremental decoder for callers handed bytes (test peers, tools; a link reads in place
+    with :class:`FrameReader`). ``feed`` returns complete frames; it never allocates a body
     before its bytes have arrived, so a huge length prefix costs nothing but a refusal."""
 
     __slots__ = ("_buf", "limit")
@@ -37,43 +38,20 @@ class FrameDecoder:
         """Append ``data``; return the complete frames (at most ``max_frames`` if > 0, the rest
         stays buffered: the limit may change after a frame, e.g. once a handshake completes)."""
         buf = self._buf
-        if not buf and len(data) >= 4:
-            # fast path: nothing buffered, slice complete frames straight out of ``data``
-            view = memoryview(data)
-            frames_: list[bytes] = []
-            pos_ = 0
-            end_ = len(data)
-            while end_ - pos_ >= 4 and not (max_frames and len(frames_) >= max_frames):
-                (size,) = HEADER.unpack_from(data, pos_)
-                if size > self.limit:
-                    raise ProtocolError(f"frame length {size} exceeds the {self.limit}-byte maximum")
-                if size == 0:
-                    raise ProtocolError("empty frame")
-                if end_ - pos_ - 4 < size:
-                    break
-                frames_.append(bytes(view[pos_ + 4 : pos_ + 4 + size]))
-                pos_ += 4 + size
-            if pos_ < end_:
-                buf += view[pos_:]
-            return frames_
         buf += data
         frames: list[bytes] = []
         pos = 0
         end = len(buf)
-        view = memoryview(buf)
-        try:
-            while end - pos >= 4 and not (max_frames and len(frames) >= max_frames):
-                (size,) = HEADER.unpack_from(buf, pos)
-                if size > self.limit:
-                    raise ProtocolError(f"frame length {size} exceeds the {self.limit}-byte maximum")
-                if size == 0:
-                    raise ProtocolError("empty frame")
-                if end - pos - 4 < size:
-                    break
-                frames.append(bytes(view[pos + 4 : pos + 4 + size]))
-                pos += 4 + size
-        finally:
-            view.release()
+        while end - pos >= 4 and not (max_frames and len(frames) >= max_frames):
+            (size,) = HEADER.unpack_from(buf, pos)
+            if size > self.limit:
+                raise ProtocolError(f"frame length {size} exceeds the {self.limit}-byte maximum")
+            if size == 0:
+                raise ProtocolError("empty frame")
+            if end - pos - 4 < size:
+                break
+            frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
         if pos:
             del buf[:pos]
         return frames

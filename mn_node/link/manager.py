@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,24 +13,15 @@ from typing import Any
 
 import msgpack
 
-from mn_node.errors import (
-    AuthError,
-    CallTimeout,
-    LinkError,
-    NotConnected,
-    ProtocolError,
-    RemoteError,
-    VersionError,
-)
+from mn_node.aio import Backoff, Signal, wait_event
+from mn_node.errors import AuthError, CallTimeout, LinkError, NotConnected, VersionError
 from mn_node.link import crypto
-from mn_node.link.conn import BATCH, CALL, FLUSH_BYTES, LEAVE, REPLY, SEND, TICK, TOCK, Conn
+from mn_node.link.conn import FLUSH_BYTES, SEND, Conn
 
 log = logging.getLogger("mn_node.link")
 
 Handler = Callable[[str, Any], Any]
 """A mailbox handler: ``handler(from_node, msg)``; may return a value or an awaitable."""
-UpCallback = Callable[["Conn"], None]
-DownCallback = Callable[["Conn", str], None]
 
 COOKIE_MISMATCH = "cookie mismatch (invalid challenge reply) from {}"
 
@@ -62,6 +51,11 @@ class _RateLimitedLog:
 
 
 class LinkManager:
+    """The registry of links of this node (the :class:`ConnOwner` of its connections).
+
+    ``up`` is emitted with a link that came up, ``down`` with a link that went down and why.
+    """
+
     def __init__(
         self,
         ident: crypto.Identity,
@@ -88,8 +82,8 @@ class LinkManager:
         self.links: dict[str, Conn] = {}
         self.addresses: dict[str, tuple[str, int]] = {}
         self._mailboxes: dict[str, Handler] = {}
-        self._up_cbs: list[UpCallback] = []
-        self._down_cbs: list[DownCallback] = []
+        self.up: Signal[[Conn]] = Signal("link up")
+        self.down: Signal[[Conn, str]] = Signal("link down")
         self._dialers: dict[str, asyncio.Task[None]] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._conns: set[Conn] = set()
@@ -97,9 +91,7 @@ class LinkManager:
         self._server: asyncio.Server | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._refs = itertools.count(1)
-        self._packer = msgpack.Packer(use_bin_type=True)
-        self._pack = self._packer.pack
+        self._pack = msgpack.Packer(use_bin_type=True).pack
         self._rlog = _RateLimitedLog()
         self.closing = False
         self.auth_failures = 0
@@ -111,6 +103,16 @@ class LinkManager:
             lambda: self._track(Conn(self, outbound=False)), host, port, reuse_address=True, backlog=512
         )
         self._keepalive = self.loop.create_task(self._keepalive_loop(), name="link-keepalive")
+
+    @property
+    def connections(self) -> int:
+        """Open connections, links and those still in their handshake."""
+        return len(self._conns)
+
+    def dialing(self, name: str) -> bool:
+        """A dialler keeps (re)connecting to ``name``."""
+        task = self._dialers.get(name)
+        return task is not None and not task.done()
 
     @property
     def listening(self) -> list[tuple[str, int]]:
@@ -128,12 +130,7 @@ class LinkManager:
         if self._server is not None:
             self._server.close()
         for conn in list(self.links.values()):
-            try:
-                conn.enqueue(self._packer.pack((LEAVE, reason)))
-                conn.flush(final=True)
-            except LinkError:
-                pass
-            conn.close(f"we left: {reason}")
+            conn.leave(reason)
         for conn in list(self._conns):
             conn.close(f"we left: {reason}", quiet=True)
         for t in list(self._tasks):
@@ -148,11 +145,13 @@ class LinkManager:
     def register(self, mailbox: str, handler: Handler) -> None:
         self._mailboxes[mailbox] = handler
 
-    def on_up(self, cb: UpCallback) -> None:
-        self._up_cbs.append(cb)
+    def on_up(self, cb: Callable[[Conn], object]) -> None:
+        """Same as ``up.connect(cb)``."""
+        self.up.connect(cb)
 
-    def on_down(self, cb: DownCallback) -> None:
-        self._down_cbs.append(cb)
+    def on_down(self, cb: Callable[[Conn, str], object]) -> None:
+        """Same as ``down.connect(cb)``."""
+        self.down.connect(cb)
 
     def ensure_peer(self, name: str, host: str, port: int) -> None:
         """Keep a link to this peer forever (dial, and redial after every loss)."""
@@ -167,7 +166,7 @@ class LinkManager:
         elif old != (host, port):
             self._wake[name].set()
 
-    def wake(self, name: str) -> None:
+    def _redial_now(self, name: str) -> None:
         ev = self._wake.get(name)
         if ev is not None:
             ev.set()
@@ -180,14 +179,12 @@ class LinkManager:
             raise NotConnected(f"no link to {node}") from None
         packed = self._pack(msg)
         if conn.run_mailbox == mailbox:
-            # hot path: append to the open run of messages to this mailbox. The buffer is below
-            # FLUSH_BYTES before any append; past it, Conn.overflow flushes (or, for a message
-            # that does not fit under the frame maximum, takes it back and uses the full path).
+            # the open run, inline (the contract in Conn's docstring): a few bytecodes, no call
             out = conn.out
             out += packed
             conn.run_count += 1
             if len(out) >= FLUSH_BYTES:
-                conn.overflow(len(packed))
+                conn.overflow(len(packed), 1)
         else:
             conn.push(mailbox, packed)
 
@@ -212,7 +209,7 @@ class LinkManager:
         conn.push(mailbox, body, n)
 
     def broadcast(self, mailbox: str, msg: Any) -> int:
-        packed = self._packer.pack((SEND, mailbox, msg))
+        packed = self._pack((SEND, mailbox, msg))
         n = 0
         for conn in list(self.links.values()):
             try:
@@ -226,73 +223,38 @@ class LinkManager:
         conn = self.links.get(node)
         if conn is None:
             raise NotConnected(f"no link to {node}")
-        ref = next(self._refs)
-        fut: asyncio.Future[Any] = self.loop.create_future()
-        conn.pending[ref] = fut
         try:
-            conn.enqueue(self._packer.pack((CALL, ref, mailbox, msg)))
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await conn.call(mailbox, msg)
         except TimeoutError:
             raise CallTimeout(f"{node} did not answer {mailbox} within {timeout:g}s") from None
-        finally:
-            conn.pending.pop(ref, None)
 
     async def drain(self, node: str) -> None:
         conn = self.links.get(node)
         if conn is not None:
             await conn.drain()
 
-    def handled(self, res: Any, mailbox: str) -> None:
-        """A handler returned something: run it if it is awaitable."""
-        if inspect.isawaitable(res):
-            self._spawn(res, f"mailbox {mailbox}")
+    # ---- what the connections hand us (ConnOwner) -------------------------------------------
+    def deliver(self, peer: str, mailbox: str, items: list[Any]) -> None:
+        """Call ``mailbox``'s handler once per item, in order; a handler that raises is logged
+        and the rest still delivered; an awaitable result runs in a task of its own."""
+        handler = self._mailboxes.get(mailbox)
+        if handler is None:
+            log.debug("dropped %d message(s) for unknown mailbox %r from %s", len(items), mailbox, peer)
+            return
+        for item in items:
+            try:
+                res = handler(peer, item)
+            except Exception:
+                log.exception("mailbox %s handler failed on a message from %s", mailbox, peer)
+                continue
+            if res is not None and inspect.isawaitable(res):
+                self._spawn(res, f"mailbox {mailbox}")
 
-    def dispatch(self, conn: Conn, msg: Any) -> None:
-        if not isinstance(msg, list) or not msg or not isinstance(msg[0], int):
-            raise ProtocolError("message is not a tagged tuple")
-        kind = msg[0]
-        if kind in (SEND, BATCH) and len(msg) == 3:
-            if not isinstance(msg[1], str):
-                raise ProtocolError("mailbox name is not a string")
-            handler = self._mailboxes.get(msg[1])
-            if handler is None:
-                log.debug("dropped message for unknown mailbox %r from %s", msg[1], conn.peer)
-                return
-            if kind == SEND:
-                batch = [msg[2]]
-            elif isinstance(msg[2], list):
-                batch = msg[2]
-                conn.msgs_in += len(batch) - 1
-            else:
-                raise ProtocolError("batch body is not an array")
-            peer = conn.peer
-            for item in batch:
-                try:
-                    res = handler(peer, item)
-                    if res is not None:
-                        self.handled(res, msg[1])
-                except Exception:
-                    log.exception("mailbox %s handler failed on a message from %s", msg[1], peer)
-        elif kind == TICK and len(msg) == 2:
-            conn.enqueue(self._packer.pack((TOCK, msg[1])))
-        elif kind == TOCK and len(msg) == 2 and isinstance(msg[1], int):
-            conn.rtt_ms = max(0.0, (time.monotonic_ns() - msg[1]) / 1e6)
-        elif kind == CALL and len(msg) == 4:
-            self._spawn(self._answer(conn, msg[1], msg[2], msg[3]), f"call {msg[2]}")
-        elif kind == REPLY and len(msg) == 4:
-            fut = conn.pending.get(msg[1])
-            if fut is not None and not fut.done():
-                if msg[2]:
-                    fut.set_result(msg[3])
-                else:
-                    fut.set_exception(RemoteError(f"{conn.peer}: {msg[3]}"))
-        elif kind == LEAVE and len(msg) == 2:
-            conn.left = True
-            conn.close(f"left: {msg[1]}", quiet=True)
-        else:
-            raise ProtocolError(f"unknown message kind {kind}")
+    def on_call(self, conn: Conn, ref: Any, mailbox: str, body: Any) -> None:
+        self._spawn(self._answer(conn, ref, mailbox, body), f"call {mailbox}")
 
-    async def _answer(self, conn: Conn, ref: Any, mailbox: Any, body: Any) -> None:
+    async def _answer(self, conn: Conn, ref: Any, mailbox: str, body: Any) -> None:
         handler = self._mailboxes.get(mailbox)
         try:
             if handler is None:
@@ -300,16 +262,12 @@ class LinkManager:
             res = handler(conn.peer, body)
             if inspect.isawaitable(res):
                 res = await res
-            reply = (REPLY, ref, True, res)
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            reply = (REPLY, ref, False, f"{type(e).__name__}: {e}")
-        if conn.state == "up":
-            try:
-                conn.enqueue(self._packer.pack(reply))
-            except (LinkError, TypeError, ValueError) as e:
-                conn.enqueue(self._packer.pack((REPLY, ref, False, f"reply not sendable: {e}")))
+            conn.reply(ref, False, f"{type(e).__name__}: {e}")
+        else:
+            conn.reply(ref, True, res)
 
     def _spawn(self, aw: Awaitable[Any], name: str) -> None:
         async def run() -> None:
@@ -348,7 +306,7 @@ class LinkManager:
             self._rlog.warn("auth:" + conn.peername[0], COOKIE_MISMATCH.format(who) + f": {err}")
         elif isinstance(err, VersionError):
             self._rlog.warn("ver:" + conn.peername[0], f"protocol version mismatch with {who}: {err}")
-        elif conn.state == "up":
+        elif conn.is_up:
             log.warning("dropping link to %s: %s", who, err)
         else:
             self.dropped_conns += 1
@@ -383,28 +341,26 @@ class LinkManager:
         self._rlog.forget("dial:" + peer)
         self._rlog.forget("auth:" + conn.peername[0])
         log.info("link up: %s (%s)", conn.describe(), "dialled" if conn.outbound else "accepted")
-        for cb in self._up_cbs:
-            cb(conn)
+        self.up.emit(conn)
 
-    def on_closed(self, conn: Conn, reason: str, was_up: bool) -> None:
+    def on_closed(self, conn: Conn, reason: str) -> None:
         self._conns.discard(conn)
         if self.links.get(conn.peer) is conn:
             del self.links[conn.peer]
             if not self.closing:
                 log.info("link down: %s: %s", conn.describe(), reason)
-            for cb in self._down_cbs:
-                cb(conn, reason)
-            self.wake(conn.peer)
+            self.down.emit(conn, reason)
+            self._redial_now(conn.peer)
 
     # ---- dialling -----------------------------------------------------------------------
     async def _dial_loop(self, name: str) -> None:
-        attempt = 0
+        backoff = Backoff(self.backoff_base, self.backoff_cap)
         wake = self._wake[name]
         while not self.closing:
             link = self.links.get(name)
             if link is not None:
-                attempt = 0
-                await link.closed.wait()
+                backoff.reset()
+                await link.wait_closed()
                 if link.left:
                     # an orderly leave: the node is stopping; give it a moment before redialling
                     await self._sleep(wake, 0.2)
@@ -412,7 +368,7 @@ class LinkManager:
             host, port = self.addresses[name]
             try:
                 await self._dial(name, host, port)
-                attempt = 0
+                backoff.reset()
                 continue
             except asyncio.CancelledError:
                 raise
@@ -424,24 +380,21 @@ class LinkManager:
                     self._rlog.warn(
                         "dial:" + name, f"cannot reach {name} at {host}:{port}: {why} (retrying forever)"
                     )
-            attempt += 1
-            cap = min(self.backoff_cap, self.backoff_base * 2 ** min(attempt, 16))
-            await self._sleep(wake, random.uniform(cap / 2, cap))
+            await self._sleep(wake, backoff.next_delay())
 
-    async def _sleep(self, wake: asyncio.Event, delay: float) -> None:
+    @staticmethod
+    async def _sleep(wake: asyncio.Event, delay: float) -> None:
+        """Wait ``delay`` seconds, or less if woken meanwhile (a wake from before is ignored)."""
         wake.clear()
-        try:
-            await asyncio.wait_for(wake.wait(), delay)
-        except TimeoutError:
-            pass
+        await wait_event(wake, delay)
 
-    async def _dial(self, name: str, host: str, port: int) -> Conn:
+    async def _dial(self, name: str, host: str, port: int) -> None:
         async with asyncio.timeout(self.handshake_timeout + 1):
             _, conn = await self.loop.create_connection(
                 lambda: self._track(Conn(self, outbound=True, expected=name)), host, port,
                 local_addr=(self.local_host, 0) if self.local_host else None,
             )
-            return await conn.ready
+            await conn.wait_up()
 
     # ---- keepalive ------------------------------------------------------------------------
     async def _keepalive_loop(self) -> None:
@@ -455,16 +408,12 @@ class LinkManager:
                 # our own loop stalled: data may be waiting unread; do not blame peers for it
                 log.warning("event loop stalled %.2fs; skipping one keepalive check", lag)
                 continue
-            stamp = time.monotonic_ns()
-            tick = self._packer.pack((TICK, stamp))
             for conn in list(self.links.values()):
-                if now - conn.last_rx > self.timeout:
-                    conn.close(f"no traffic for {now - conn.last_rx:.1f}s (keepalive timeout)", quiet=True)
-                    continue
-                try:
-                    conn.enqueue(tick)
-                except LinkError:
-                    pass
+                idle = now - conn.last_rx
+                if idle > self.timeout:
+                    conn.close(f"no traffic for {idle:.1f}s (keepalive timeout)", quiet=True)
+                else:
+                    conn.ping()
 
     def stats(self) -> dict[str, int]:
         links = list(self.links.values())

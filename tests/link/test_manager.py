@@ -193,7 +193,7 @@ async def test_call_timeout_and_remote_error(managers: Factory) -> None:
     with pytest.raises(NotConnected):
         await a.call("ghost@127.0.0.1", "echo", 1)
     # the link survived all of that
-    assert b.ident.node in a.links and not a.links[b.ident.node].pending
+    assert b.ident.node in a.links and not a.links[b.ident.node].pending_calls
 
 
 async def test_large_message_right_after_handshake(managers: Factory) -> None:
@@ -202,10 +202,28 @@ async def test_large_message_right_after_handshake(managers: Factory) -> None:
     got: list[int] = []
     b.register("inbox", lambda frm, msg: got.append(len(msg)))
     ups: list[str] = []
-    a.on_up(lambda conn: [a.send(conn.peer, "inbox", b"z" * 200_000) for _ in range(3)] and ups.append(conn.peer))
+    a.up.connect(lambda conn: [a.send(conn.peer, "inbox", b"z" * 200_000) for _ in range(3)] and ups.append(conn.peer))
     connect(a, b)
     await until(lambda: got == [200_000] * 3, "three 200 kB messages sent at link-up")
     assert b.dropped_conns == 0 and a.ident.node in b.links
+
+
+async def test_failing_up_subscriber_breaks_neither_the_link_nor_the_others(
+    managers: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = await managers(), await managers()
+    seen: list[str] = []
+
+    def broken(conn: Any) -> None:
+        raise RuntimeError("subscriber bug")
+
+    a.up.connect(broken)
+    a.on_up(lambda conn: seen.append(conn.peer))  # the wrapper membership uses
+    connect(a, b)
+    await linked(a, b)
+    await until(lambda: seen == [b.ident.node], "the second subscriber to see the link")
+    assert any("subscriber" in r.getMessage() and "link up" in r.getMessage() for r in caplog.records)
+    await _assert_pair_healthy(a, b)
 
 
 async def test_simultaneous_dial_leaves_exactly_one_link(managers: Factory) -> None:
@@ -217,10 +235,9 @@ async def test_simultaneous_dial_leaves_exactly_one_link(managers: Factory) -> N
 
         def settled(a: LinkManager = a, b: LinkManager = b) -> bool:
             ca, cb = a.links.get(b.ident.node), b.links.get(a.ident.node)
-            if ca is None or cb is None or ca.transport is None or cb.transport is None:
+            if ca is None or cb is None:
                 return False
-            same = ca.transport.get_extra_info("sockname") == cb.transport.get_extra_info("peername")
-            return same and len(a._conns) == 1 and len(b._conns) == 1
+            return ca.sockname == cb.peername and a.connections == 1 and b.connections == 1
 
         await until(settled, "one shared connection per pair")
         ca = a.links[b.ident.node]
@@ -238,7 +255,7 @@ async def test_mesh_of_five_has_one_link_per_pair(managers: Factory) -> None:
                 connect(x, y)
 
     def full() -> bool:
-        return all(len(m.links) == 4 and len(m._conns) == 4 for m in ms)
+        return all(len(m.links) == 4 and m.connections == 4 for m in ms)
 
     await until(full, "5 nodes, 4 links each, no extra connections")
 
@@ -402,7 +419,7 @@ async def test_handshake_rate_limit_is_per_source(managers: Factory) -> None:
 async def test_orderly_leave_is_seen_at_once(managers: Factory) -> None:
     a, b = await managers(), await managers()
     downs: list[tuple[str, str]] = []
-    b.on_down(lambda conn, reason: downs.append((conn.peer, reason)))
+    b.down.connect(lambda conn, reason: downs.append((conn.peer, reason)))
     connect(a, b)
     connect(b, a)
     await linked(a, b)
@@ -417,7 +434,7 @@ async def test_orderly_leave_is_seen_at_once(managers: Factory) -> None:
 async def test_silent_peer_declared_down_by_keepalive(managers: Factory) -> None:
     b = await managers(tick=0.1, timeout=0.4)
     downs: list[str] = []
-    b.on_down(lambda conn, reason: downs.append(reason))
+    b.down.connect(lambda conn, reason: downs.append(reason))
     peer = await RawPeer.open(b)
     await peer.handshake(Identity(COOKIE, "mute@127.0.0.1", "inc"))
     await until(lambda: "mute@127.0.0.1" in b.links, "mute peer linked")
@@ -455,7 +472,7 @@ async def test_unreachable_peer_retried_without_harming_others(managers: Factory
     await linked(a, b)
     await _assert_pair_healthy(a, b)
     assert "ghost@" + addr(a)[0] not in a.links
-    assert not a._dialers["ghost@" + addr(a)[0]].done()  # still retrying
+    assert a.dialing("ghost@" + addr(a)[0])  # still retrying
 
 
 async def test_send_many_delivers_each_message_in_order(managers: Factory) -> None:
@@ -530,7 +547,7 @@ async def test_run_overflowing_the_frame_is_split_in_order(managers: Factory) ->
     n_small = (FLUSH_BYTES - 2000) // 1003
     for _ in range(n_small):
         a.send(peer, "inbox", small)
-    assert len(conn.out) < FLUSH_BYTES  # all in the open run, nothing flushed yet
+    assert conn.unflushed < FLUSH_BYTES  # all in the open run, nothing flushed yet
     big = b"B" * (_largest_single("inbox") - 10)
     a.send(peer, "inbox", big)
     a.send(peer, "inbox", b"end")
