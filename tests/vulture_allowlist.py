@@ -74,7 +74,10 @@ _.reset
 UsageError  # mn_node/errors.py: EX_USAGE
 TempFailError  # mn_node/errors.py: EX_TEMPFAIL
 
-# ---- PENDING: unused code in files owned by other work; delete the code, then its line here ----
-_.established_wall  # mn_node/link/conn.py Conn, assigned, never read
-ConnFactory  # mn_node/link/conn.py type alias
-_.dropped_conns  # mn_node/link/manager.py counter, never read
+# ---- link introspection read by tests/link/test_manager.py (public, read-only) ----
+_.sockname
+_.pending_calls
+_.unflushed
+_.connections
+_.dialing
+_.dropped_conns
