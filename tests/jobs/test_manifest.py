@@ -9,10 +9,12 @@ import pytest
 from mn_node.errors import DataError
 from mn_node.jobs import blueprints, reducers, tasks
 from mn_node.jobs.manifest import ManifestError, parse_text, validate
+from mn_node.jobs.reducers import REDUCERS
 from tests.support.primes import count_primes
 
 BASE = blueprints.prime_sweep_scale({"workers": 2})
 KNOWN = set(tasks.available())
+KNOWN_REDUCERS = set(REDUCERS)
 
 
 def broken(mutate):
@@ -24,10 +26,12 @@ def broken(mutate):
 @pytest.mark.parametrize(
     ("mutate", "path", "words"),
     [
-        (lambda m: m["nodes"][1].update(agent_type="sensor"), "nodes[1].agent_type", "unknown agent type"),
+        (lambda m: m["nodes"][1].update(agent_type="blender"), "nodes[1].agent_type", "unknown agent type"),
+        (lambda m: m["nodes"][1].update(agent_type="sensor"), "nodes[1].agent_type", "is not supported"),
         (lambda m: m["nodes"][1]["config"].update(task="nope"), "nodes[1].config.task", "unknown task 'nope'"),
-        (lambda m: m["nodes"][1]["config"].pop("task"), "nodes[1].config.task", "missing"),
-        (lambda m: m["edges"].append({"from_node": "collector", "to_node": "ghost"}), "edges[5].to_node",
+        (lambda m: m["nodes"][1]["config"].pop("task"), "nodes[1].config.command", "needs a command"),
+        (lambda m: m["edges"].append({"from_node": "collector", "to_node": "ghost", "message_type": "x"}),
+         "edges[5].to_node",
          "dangling edge"),
         (lambda m: m.pop("entrypoints"), "entrypoints", "missing"),
         (lambda m: m.update(entrypoints=["ghost"]), "entrypoints[0]", "no agent 'ghost'"),
@@ -35,19 +39,45 @@ def broken(mutate):
         (lambda m: m["policies"].update(max_agent_restart_attempts=-1), "policies.max_agent_restart_attempts",
          "not an integer"),
         (lambda m: m["nodes"].append(dict(m["nodes"][1])), "nodes[5].node_id", "used twice"),
-        (lambda m: m["edges"].append({"from_node": "summarizer", "to_node": "collector"}), "edges", "cycle"),
+        (lambda m: m["edges"].append({"from_node": "summarizer", "to_node": "collector", "message_type": "x"}),
+         "edges", "cycle"),
         (lambda m: m.update(graph_id="../etc/passwd"), "graph_id", "bad characters"),
         (lambda m: m["nodes"][3]["config"].update(reduce="sum"), "nodes[3].config.reduce", "unknown reducer"),
     ],
 )
 def test_bad_manifest_names_the_field(mutate, path, words):
     with pytest.raises(ManifestError) as ei:
-        validate(broken(mutate), KNOWN)
+        validate(broken(mutate), KNOWN, KNOWN_REDUCERS)
     msg = str(ei.value)
     assert msg.startswith(path + ":"), msg
     assert words in msg
     assert "fix:" in msg
     assert "\n" not in msg
+    assert ei.value.problems and all("fix:" in p for p in ei.value.problems), ei.value.problems
+
+
+def test_every_problem_is_reported_at_once():
+    def two(m):
+        m["nodes"][1]["config"]["task"] = "nope"
+        m["policies"]["recovery_mode"] = "yolo"
+
+    with pytest.raises(ManifestError) as ei:
+        validate(broken(two), KNOWN, KNOWN_REDUCERS)
+    assert [p.split(":")[0] for p in ei.value.problems] == ["nodes[1].config.task", "policies.recovery_mode"]
+
+
+def test_the_original_format_and_a_bundle_sha_are_accepted():
+    from tests.runners.test_examples import generate
+
+    import json
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        raw = json.loads((generate(Path(d) / "b", 4) / "manifest.json").read_text())
+    m = validate(raw, KNOWN, KNOWN_REDUCERS, bundle="ab" * 32)
+    assert m.bundle == "ab" * 32 and m.has_commands and m.raw["bundle"] == "ab" * 32
+    assert validate(m.raw).raw == m.raw  # the stored spec validates to itself
 
 
 def test_yaml_and_json_parse_and_syntax_errors():
@@ -59,7 +89,7 @@ def test_yaml_and_json_parse_and_syntax_errors():
 
 @pytest.mark.parametrize(("workers", "expected"), [(4, 32), (60, 441)])
 def test_prime_sweep_known_answers_without_a_cluster(workers, expected):
-    m = validate(blueprints.prime_sweep_scale({"workers": workers}), KNOWN)
+    m = validate(blueprints.prime_sweep_scale({"workers": workers}), KNOWN, KNOWN_REDUCERS)
     outs = {aid: tasks.prime_range(a.config, {}) for aid, a in m.agents.items() if a.type == "executor"}
     collected = reducers.prime_collect(outs, {aid: "n1" for aid in outs})
     assert collected["prime_count"] == expected
