@@ -1,0 +1,186 @@
+"""Bundle jobs with command executors on a real cluster: exact answers, retries, timeouts,
+cancel and node loss (every process of the groups gone, checked in the process table),
+owner failover without re-running completed executors, and MIRROR_NEURON_COMMANDS=off."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from tests.jobs._bundles import (
+    attempts,
+    fan_out_bundle,
+    one_command_bundle,
+    prime_bundle,
+    procs_under,
+    procs_with,
+    submit_bundle,
+)
+from tests.jobs._jobs import agent_states, events, job, rclient, runs, wait_done
+from tests.support.wait import wait_until
+
+CAP2 = {"MIRROR_NEURON_EXECUTOR_CAPACITY": "2"}
+# a command that starts a grandchild and both sleep; MARK makes both findable in the process table
+SLEEPER = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
+           "sys.argv[1]]); time.sleep(60)")
+
+
+def types(evs):
+    return [e["type"] for e in evs]
+
+
+def gone_within(marker: str, seconds: float) -> None:
+    wait_until(lambda: not procs_with(marker), seconds, f"every process marked {marker} to be gone")
+
+
+@pytest.mark.parametrize(("workers", "expected"), [(4, 32), (60, 441)])
+def test_prime_bundle_known_answers(make_cluster, tmp_path, workers, expected):
+    c = make_cluster(3, extra_env=CAP2)
+    c.wait_leader()
+    job_id = submit_bundle(c, prime_bundle(tmp_path / "b", workers))
+    done = wait_done(c, job_id, timeout=180)
+    assert done["status"] == "completed", done
+    assert done["result"]["prime_count"] == expected and done["result"]["worker_count"] == workers
+    assert done["result"]["checked_numbers"] == 100 * workers
+    assert all(v == 1 for v in runs(c, job_id).values()), runs(c, job_id)
+    states = agent_states(c, job_id)
+    for aid in [a for a in states if a.startswith("prime_worker_")] + ["summarizer"]:
+        st = states[aid]
+        assert st["status"] == "completed" and st["exit_code"] == 0, (aid, st)
+        assert st["started_ms"] <= st["finished_ms"], st
+    recs = attempts(c, job_id)
+    assert len(recs) == workers + 1 and all(r["ok"] and r["exit_code"] == 0 for r in recs.values())
+    assert json.loads(recs["summarizer:1"]["stdout"])["complete_job"]["prime_count"] == expected
+    evs = types(events(c, job_id))
+    assert evs[-1] == "job_completed", evs
+    if workers == 60:
+        assert len({st["node"] for a, st in states.items() if a.startswith("prime_worker_")}) == 3
+
+
+def test_exit_3_is_retried_with_backoff_then_fails_the_job(make_cluster, tmp_path):
+    c = make_cluster(1)
+    cmd = "echo starting >&2; echo disk on fire >&2; exit 3"
+    job_id = submit_bundle(c, one_command_bundle(tmp_path / "b", cmd, max_attempts=3, retry_backoff_ms=200))
+    done = wait_done(c, job_id, timeout=60)
+    assert done["status"] == "failed", done
+    assert "agent work try 3/3: exit code 3" in done["error"] and "disk on fire" in done["error"], done["error"]
+    rec = attempts(c, job_id)["work:1"]
+    assert rec["tries"] == 3 and rec["exit_code"] == 3 and not rec["ok"], rec
+    assert rec["duration_ms"] is not None
+    assert rec["finished_ms"] - rec["started_ms"] >= 200 + 400, rec  # two backoffs: 200 ms, 400 ms
+    assert runs(c, job_id) == {"work": 1}  # the runner's tries are inside one counted start
+    assert agent_states(c, job_id)["work"]["exit_code"] == 3
+
+
+def test_a_command_past_its_timeout_has_its_group_killed(make_cluster, tmp_path):
+    c = make_cluster(1)
+    mark = f"mn-timeout-{uuid.uuid4().hex}"
+    job_id = submit_bundle(c, one_command_bundle(tmp_path / "b", ["python3", "-c", SLEEPER, mark],
+                                                 timeout_seconds=1.5))
+    wait_until(lambda: len(procs_with(mark)) >= 2, 20, "the command and its grandchild to run")
+    done = wait_done(c, job_id, timeout=30)
+    assert done["status"] == "failed" and "timed out after 1.5s" in done["error"], done
+    gone_within(mark, 2.0)
+
+
+def test_cancel_while_4_commands_run_kills_every_group(make_cluster, tmp_path):
+    c = make_cluster(1, extra_env={"MIRROR_NEURON_EXECUTOR_CAPACITY": "4"})
+    mark = f"mn-cancel-{uuid.uuid4().hex}"
+    job_id = submit_bundle(c, fan_out_bundle(tmp_path / "b", 4, ["python3", "-c", SLEEPER, mark]))
+    wait_until(lambda: len(procs_with(mark)) >= 8, 30, "4 commands and their grandchildren to run")
+    c.post(1, f"/api/v1/jobs/{job_id}/cancel")
+    t0 = time.monotonic()
+    gone_within(mark, 2.0)
+    assert time.monotonic() - t0 < 2.0
+    assert job(c, job_id)["status"] == "cancelled"
+
+
+def test_a_sigkilled_node_loses_its_groups_and_its_attempts_are_replayed(make_cluster, tmp_path):
+    c = make_cluster(3, extra_env=CAP2)
+    c.wait_leader()
+    job_id = submit_bundle(c, prime_bundle(tmp_path / "b", 6, slow_s=4))
+    owner = wait_until(lambda: (job(c, job_id).get("lease") or {}).get("node"), 15, "an owner")
+
+    def victim_running():
+        states = agent_states(c, job_id)
+        for n in c.nodes:
+            if n.name != owner and any(st["status"] == "dispatched" and st["node"] == n.name
+                                       for st in states.values()) and procs_under(c.workdir / f"state-mn{n.index}"):
+                return n
+        return None
+
+    victim = wait_until(victim_running, 30, "a node other than the owner running commands")
+    on_victim = {a for a, st in agent_states(c, job_id).items() if st["status"] == "dispatched"
+                 and st["node"] == victim.name}
+    c.kill9(victim.index)
+    wait_until(lambda: not procs_under(c.workdir / f"state-mn{victim.index}"), 2.0,
+               f"every command process of {victim.name} to be gone")
+    done = wait_done(c, job_id, timeout=120)
+    assert done["status"] == "completed", done
+    assert done["result"]["prime_count"] == _expected_primes(6) and done["result"]["worker_count"] == 6, done
+    r = runs(c, job_id)
+    for aid in on_victim:
+        assert r[aid] == 2 and agent_states(c, job_id)[aid]["node"] != victim.name, (aid, r)
+    assert "agent_recovery_started" in types(events(c, job_id))
+
+
+def test_owner_sigkill_mid_run_exact_and_no_completed_executor_runs_again(make_cluster, tmp_path):
+    c = make_cluster(3, extra_env=CAP2)
+    c.wait_leader()
+    job_id = submit_bundle(c, prime_bundle(tmp_path / "b", 12, slow_s=1.0))
+    owner = wait_until(lambda: (job(c, job_id).get("lease") or {}).get("node"), 15, "an owner")
+
+    def some_done():
+        done = {a for a, st in agent_states(c, job_id).items() if st["status"] == "completed"
+                and a.startswith("prime_worker_")}
+        return done if len(done) >= 3 else None
+
+    done_before = wait_until(some_done, 60, "3 workers to complete")
+    c.kill9(c.node_named(owner).index)
+    done = wait_done(c, job_id, timeout=120)
+    assert done["status"] == "completed", done
+    assert done["result"]["worker_count"] == 12 and done["result"]["checked_numbers"] == 1200
+    assert done["result"]["prime_count"] == _expected_primes(12)
+    r = runs(c, job_id)
+    assert all(r[a] == 1 for a in done_before), (done_before, r)
+    assert r["summarizer"] == 1
+
+
+def _expected_primes(workers: int) -> int:
+    from tests.support.primes import count_primes
+
+    return count_primes(1000003, 1000003 + 100 * workers)
+
+
+def test_a_node_with_commands_off_never_runs_a_command_agent(make_cluster, tmp_path):
+    c = make_cluster(3, start=False, extra_env=CAP2)
+    c.start(1)
+    c.start(2)
+    c.start(3, MIRROR_NEURON_COMMANDS="off")
+    c.wait_mesh()
+    c.wait_leader()
+    regs = rclient(c).hgetall(f"{c.namespace}:node:{c.nodes[2].name}")
+    assert regs["commands"] == "off"
+    job_id = submit_bundle(c, prime_bundle(tmp_path / "b", 12))
+    done = wait_done(c, job_id, timeout=120)
+    assert done["status"] == "completed" and done["result"]["prime_count"] == _expected_primes(12), done
+    states = agent_states(c, job_id)
+    ran = {st["node"] for a, st in states.items() if a.startswith("prime_worker_") or a == "summarizer"}
+    assert c.nodes[2].name not in ran and ran, ran
+    assert all(r["node"] != c.nodes[2].name for r in attempts(c, job_id).values())
+
+
+def test_no_node_allows_commands_fails_the_job_with_the_reason(make_cluster, tmp_path):
+    c = make_cluster(1, start=False)
+    c.start(1, MIRROR_NEURON_COMMANDS="off")
+    c.wait_mesh()
+    t0 = time.monotonic()
+    job_id = submit_bundle(c, one_command_bundle(tmp_path / "b", ["true"]))
+    done = wait_done(c, job_id, timeout=30)
+    assert done["status"] == "failed", done
+    assert "no node allows commands (MIRROR_NEURON_COMMANDS=off on every node); fix:" in done["error"]
+    assert time.monotonic() - t0 >= 4.0  # after the grace period, not at once
+    assert runs(c, job_id) == {}
