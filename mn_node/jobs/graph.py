@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from mn_node.bundles.agents import route
 from mn_node.jobs.manifest import Agent, Manifest
 from mn_node.jobs.state import AgentState
 
@@ -55,8 +56,7 @@ def emit_type(agent: Agent) -> str | None:
     """The type an agent's output is sent as (EVERY_EDGE: along every outgoing edge; None: not sent)."""
     cfg = agent.config
     if agent.type == "router":
-        t = cfg.get("emit_type")
-        return t if isinstance(t, str) and t else EVERY_EDGE
+        return route(cfg, EVERY_EDGE)
     if agent.type == "executor" and agent.runner == "command":
         t = cfg.get("output_message_type", DEFAULT_EXECUTOR_TYPE)
         return t if isinstance(t, str) and t else None

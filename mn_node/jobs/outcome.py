@@ -78,4 +78,8 @@ def attempt_record(node: str, agent_id: str, attempt: int, req: dict[str, Any], 
         "reason": result.reason, "stdout": tail(str(box.get("stdout") or "")),
         "stderr": tail(str(box.get("stderr") or "")), "stdout_bytes": box.get("stdout_bytes"),
         "stderr_bytes": box.get("stderr_bytes"),
+        "stdout_file_truncated": bool(box.get("stdout_file_truncated")),
+        "stderr_file_truncated": bool(box.get("stderr_file_truncated")),
+        # where the last try's files are on that node (until the job ends)
+        "scratch_dir": str(result.attempts[-1].scratch_dir or "") if result.attempts else "",
     }

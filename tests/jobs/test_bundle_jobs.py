@@ -184,3 +184,92 @@ def test_no_node_allows_commands_fails_the_job_with_the_reason(make_cluster, tmp
     assert "no node allows commands (MIRROR_NEURON_COMMANDS=off on every node); fix:" in done["error"]
     assert time.monotonic() - t0 >= 4.0  # after the grace period, not at once
     assert runs(c, job_id) == {}
+
+
+def _write_graph(folder, nodes, edges):
+    folder.mkdir(parents=True)
+    (folder / "payloads").mkdir()
+    (folder / "manifest.json").write_text(json.dumps({
+        "manifest_version": "1.0", "graph_id": folder.name, "entrypoints": ["dispatcher"],
+        "initial_inputs": {"dispatcher": [{"start": 1}]},
+        "nodes": [{"node_id": "dispatcher", "agent_type": "router", "config": {"emit_type": "go"}}, *nodes],
+        "edges": edges}))
+    return folder
+
+
+def _py(code: str) -> list[str]:
+    return ["python3", "-c", code]
+
+
+def test_structured_stdout_complete_job_events_and_emit_messages(make_cluster, tmp_path):
+    c = make_cluster(1, extra_env={"MIRROR_NEURON_EXECUTOR_CAPACITY": "4"})
+    mark = f"mn-rest-{uuid.uuid4().hex}"
+    done_out = {"complete_job": {"answer": 42}, "events": [{"type": "note", "payload": {"k": 1}}],
+                "next_state": {"seen": 1}}
+    first = _write_graph(tmp_path / "complete", [
+        {"node_id": "fast", "agent_type": "executor",
+         "config": {"command": _py(f"import time; time.sleep(1); print({json.dumps(json.dumps(done_out))})")}},
+        {"node_id": "slow", "agent_type": "executor", "config": {"command": ["python3", "-c", SLEEPER, mark]}},
+    ], [{"edge_id": "e1", "from_node": "dispatcher", "to_node": "fast", "message_type": "go"},
+        {"edge_id": "e2", "from_node": "dispatcher", "to_node": "slow", "message_type": "go"}])
+    job_id = submit_bundle(c, first)
+    done = wait_done(c, job_id, timeout=30)
+    assert done["status"] == "completed" and done["result"] == {"answer": 42}, done
+    gone_within(mark, 2.0)  # the rest of the job's work is cancelled
+    evs = events(c, job_id)
+    assert any(e["type"] == "agent_event" and e["data"] == {"agent": "fast", "event_type": "note",
+                                                           "payload": {"k": 1}} for e in evs), evs
+    assert json.loads(agent_states(c, job_id)["fast"]["next_state"]) == {"seen": 1}
+
+    emit = {"emit_messages": [{"type": "custom", "body": {"n": 7}}, {"type": "other", "body": {"n": 8}},
+                              {"type": "custom", "to": "nowhere", "body": {}}]}
+    second = _write_graph(tmp_path / "emit", [
+        {"node_id": "a", "agent_type": "executor",
+         "config": {"command": _py(f"print({json.dumps(json.dumps(emit))})")}},
+        {"node_id": "b", "agent_type": "executor", "config": {"command": "cat {input_file}"}},
+    ], [{"edge_id": "e1", "from_node": "dispatcher", "to_node": "a", "message_type": "go"},
+        {"edge_id": "e2", "from_node": "a", "to_node": "b", "message_type": "custom"}])
+    job_id = submit_bundle(c, second)
+    done = wait_done(c, job_id, timeout=30)
+    assert done["status"] == "completed", done
+    assert done["result"]["agent_id"] == "b" and done["result"]["input"] == {"n": 7}, done["result"]
+    assert json.loads(done["result"]["sandbox"]["stdout"]) == {"n": 7}
+    dropped = [e["data"] for e in events(c, job_id) if e["type"] == "message_dropped"]
+    assert dropped and dropped[0]["to"] == "nowhere", dropped
+
+
+def test_exec_logs_follow_a_running_attempt(make_cluster, tmp_path):
+    """The link call behind `mn logs --follow`: the output of a running attempt, from offsets."""
+    import asyncio
+
+    from mn_node.jobs.executor import ExecutorService
+    from mn_node.jobs.runtime import JobRuntime
+
+    c = make_cluster(1)
+    code = "import sys, time\nfor i in range(40):\n    print('line', i, flush=True)\n    time.sleep(0.1)\n"
+    job_id = submit_bundle(c, one_command_bundle(tmp_path / "b", _py(code)))
+    wait_until(lambda: agent_states(c, job_id).get("work", {}).get("status") == "dispatched", 20, "work to run")
+    # the node's executor answers exec.logs from the attempt's files; read them the same way here
+    scratch = c.workdir / "state-mn1" / "scratch"
+    svc = ExecutorService.__new__(ExecutorService)
+    svc.node, svc.runs = "probe", {}
+    svc.commands = type("C", (), {"scratch_root": scratch})()  # only the scratch root is read
+    seen: dict[str, object] = {}
+
+    def tail_has(n: int):
+        got = ExecutorService.on_logs(svc, "t", {"job": job_id, "agent": "work", "attempt": 1,
+                                                 "offsets": seen.get("offsets") or {}})
+        seen["text"] = str(seen.get("text", "")) + got["stdout"]
+        seen["offsets"] = got["offsets"]
+        return f"line {n}\n" in str(seen["text"])
+
+    wait_until(lambda: tail_has(3), 20, "the first lines")
+    first = dict(seen["offsets"])  # type: ignore[arg-type]
+    wait_until(lambda: tail_has(10), 20, "more lines, read from the offsets")
+    assert seen["offsets"]["stdout"] > first["stdout"]  # type: ignore[index]
+    assert str(seen["text"]).count("line 3\n") == 1  # nothing read twice
+    done = wait_done(c, job_id, timeout=30)
+    assert done["status"] == "completed"
+    rec = attempts(c, job_id)["work:1"]
+    assert rec["stdout"].startswith("line 0\n") and rec["node"] == c.nodes[0].name and rec["exit_code"] == 0
+    assert asyncio.iscoroutinefunction(JobRuntime.exec_logs)  # the link call routes to on_logs on the node

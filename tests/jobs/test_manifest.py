@@ -67,11 +67,11 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_the_original_format_and_a_bundle_sha_are_accepted():
-    from tests.runners.test_examples import generate
-
     import json
     import tempfile
     from pathlib import Path
+
+    from tests.runners.test_examples import generate
 
     with tempfile.TemporaryDirectory() as d:
         raw = json.loads((generate(Path(d) / "b", 4) / "manifest.json").read_text())
