@@ -226,7 +226,7 @@ def normalize(raw: Any, check: _Check, payloads: Path | None = None) -> dict[str
                                 "(router, executor and aggregator agents)")
     version = raw.get("manifest_version")
     if version is None:
-        check.bad("manifest_version", "missing; fix: \"manifest_version\": \"1.0\"")
+        check.warn("manifest_version", "missing; read as 1.0 (write \"manifest_version\": \"1.0\")")
     elif str(version) not in ("1", "1.0"):
         check.warn("manifest_version", f"{version!r} is not 1.0; read as 1.0")
     graph_id = raw.get("graph_id")
@@ -283,7 +283,8 @@ def _node(path: str, node: Any, check: _Check, seen: set[str], payloads: Path | 
     agent = node.get("agent_type")
     if agent in UNSUPPORTED_AGENTS:
         check.bad(f"{path}.agent_type", f"node {node_id!r}: agent_type {agent!r} is not supported "
-                  f"({UNSUPPORTED_AGENTS[agent]}); fix: use one of {', '.join(SUPPORTED_AGENTS)}")
+                  f"({UNSUPPORTED_AGENTS[agent]}): an unknown agent type on this cluster; "
+                  f"fix: use one of {', '.join(SUPPORTED_AGENTS)}")
     elif agent not in SUPPORTED_AGENTS:
         check.bad(f"{path}.agent_type", f"node {node_id!r}: unknown agent type {agent!r}; "
                   f"fix: use one of {', '.join(SUPPORTED_AGENTS)}")
@@ -471,7 +472,7 @@ def _edges(raw: Any, check: _Check, ids: set[str]) -> list[dict[str, Any]]:
                 check.bad(f"{path}.{end}", f"dangling edge: {edge.get(end)!r} is not a node of this graph; "
                                           "fix: point it at a node_id listed in nodes")
         if not _is_str(edge.get("message_type")):
-            check.bad(f"{path}.message_type", "missing; fix: name the message type the edge carries")
+            check.warn(f"{path}.message_type", "missing: this edge carries every message its source sends")
         mode = edge.get("routing_mode", "broadcast")
         if mode != "broadcast":
             check.warn(f"{path}.routing_mode", f"{mode!r} not acted on: messages go to every edge of their type")
