@@ -468,7 +468,7 @@ def _edges(raw: Any, check: _Check, ids: set[str]) -> list[dict[str, Any]]:
             check.bad(path, "must be an object {edge_id, from_node, to_node, message_type}")
             continue
         for end in ("from_node", "to_node"):
-            if edge.get(end) not in ids:
+            if not isinstance(edge.get(end), str) or edge.get(end) not in ids:
                 check.bad(f"{path}.{end}", f"dangling edge: {edge.get(end)!r} is not a node of this graph; "
                                           "fix: point it at a node_id listed in nodes")
         if not _is_str(edge.get("message_type")):
@@ -479,8 +479,8 @@ def _edges(raw: Any, check: _Check, ids: set[str]) -> list[dict[str, Any]]:
         for key in IGNORED_EDGE_KEYS:
             if key in edge:
                 check.warn(f"{path}.{key}", "accepted but not acted on")
-        out.append({"edge_id": edge.get("edge_id") or f"edge_{i}", "from_node": edge.get("from_node"),
-                    "to_node": edge.get("to_node"), "message_type": edge.get("message_type")})
+        ends = {end: edge.get(end) if isinstance(edge.get(end), str) else None for end in ("from_node", "to_node")}
+        out.append({"edge_id": edge.get("edge_id") or f"edge_{i}", **ends, "message_type": edge.get("message_type")})
     return out
 
 
@@ -499,7 +499,7 @@ def _entrypoints(raw: Mapping[str, Any], check: _Check, nodes: list[dict[str, An
         check.bad("entrypoints", "must be a non-empty list of node ids")
         return []
     for i, ep in enumerate(eps):
-        if ep not in ids:
+        if not isinstance(ep, str) or ep not in ids:
             check.bad(f"entrypoints[{i}]",
                       f"no agent {ep!r}: not a node of this graph; fix: name a node_id listed in nodes")
     return [str(e) for e in eps]
