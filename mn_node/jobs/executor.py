@@ -28,7 +28,7 @@ from typing import Any
 
 from mn_node.aio import Backoff, Signal
 from mn_node.bundles.cache import BundleCache
-from mn_node.errors import EX_UNAVAILABLE, LinkError, MirrorNeuronError, RedisUnavailable
+from mn_node.errors import EX_UNAVAILABLE, ConfigError, LinkError, MirrorNeuronError, RedisUnavailable
 from mn_node.jobs import tasks
 from mn_node.jobs.outcome import Outcome, attempt_record, outcome_of
 from mn_node.jobs.state import JobKeys
@@ -149,10 +149,17 @@ class ExecutorService:
         for _ in range(self.capacity):
             self._pool.submit(_warm)
         self._entry = EntryPointRunner(self._pool, tasks.run_task)
-        if self.commands_allowed:
-            reaped = self.commands.start()  # kills what a previous incarnation left, starts the reaper
-            if reaped:
-                log.warning("killed %d command process group(s) left by a previous run of this node", reaped)
+        for folder in (self.commands.scratch_root, self.bundles.root):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"MIRROR_NEURON_STATE_DIR: {folder} cannot be created ({e.strerror}); fix: make "
+                                  "the state directory writable by the daemon's user or point the variable "
+                                  "elsewhere") from None
+        # even with commands off: kill what a previous incarnation left; then start the reaper
+        reaped = self.commands.start()
+        if reaped:
+            log.warning("killed %d command process group(s) left by a previous run of this node", reaped)
         self._ready.set()
 
     async def stop(self) -> None:

@@ -230,9 +230,9 @@ class GroupRegistry:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
 
     def record(self, pgid: int, label: str) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             started = psutil.Process(pgid).create_time()
         except psutil.Error:
