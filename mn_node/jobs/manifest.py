@@ -88,8 +88,15 @@ class Manifest:
     def downstream(self, agent_id: str) -> list[str]:
         return self._adjacency[1][agent_id]
 
+    @cached_property
+    def _edge_index(self) -> dict[tuple[str, str], list[Edge]]:
+        index: dict[tuple[str, str], list[Edge]] = {}
+        for e in self.edges:
+            index.setdefault((e.src, e.dst), []).append(e)
+        return index
+
     def edges_between(self, src: str, dst: str) -> list[Edge]:
-        return [e for e in self.edges if e.src == src and e.dst == dst]
+        return self._edge_index.get((src, dst), [])
 
     @cached_property
     def terminals(self) -> list[str]:
