@@ -273,3 +273,14 @@ def test_exec_logs_follow_a_running_attempt(make_cluster, tmp_path):
     rec = attempts(c, job_id)["work:1"]
     assert rec["stdout"].startswith("line 0\n") and rec["node"] == c.nodes[0].name and rec["exit_code"] == 0
     assert asyncio.iscoroutinefunction(JobRuntime.exec_logs)  # the link call routes to on_logs on the node
+
+
+def test_pool_slots_count_against_the_node_capacity(make_cluster, tmp_path):
+    c = make_cluster(1, extra_env=CAP2)
+    job_id = submit_bundle(c, fan_out_bundle(tmp_path / "b", 3, _py("import time; time.sleep(0.6)"), pool_slots=2))
+    done = wait_done(c, job_id, timeout=60)
+    assert done["status"] == "completed" and done["result"]["count"] == 3, done
+    spans = sorted((r["started_ms"], r["started_ms"] + r["duration_ms"]) for r in attempts(c, job_id).values())
+    assert len(spans) == 3
+    # each run takes both slots of the node: they ran one after the other
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
