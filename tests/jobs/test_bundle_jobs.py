@@ -4,6 +4,7 @@ owner failover without re-running completed executors, and MIRROR_NEURON_COMMAND
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -283,4 +284,4 @@ def test_pool_slots_count_against_the_node_capacity(make_cluster, tmp_path):
     spans = sorted((r["started_ms"], r["started_ms"] + r["duration_ms"]) for r in attempts(c, job_id).values())
     assert len(spans) == 3
     # each run takes both slots of the node: they ran one after the other
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), spans
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
