@@ -313,6 +313,8 @@ class ExecutorService:
         if sha:
             try:
                 bundle_dir = await self.bundles.get(str(sha))
+            except RedisUnavailable:
+                raise  # not the bundle's fault: no result is stored and the coordinator replays the run
             except (MirrorNeuronError, OSError) as e:
                 why = f"agent {run.agent}: bundle {str(sha)[:12]} unavailable on {self.node}: {e}"
                 return RunResult(False, {"exit_code": None, "stdout": "", "stderr": "", "attempts": 0,
