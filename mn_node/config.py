@@ -26,6 +26,8 @@ DEFAULT_ENV_FILE = "/etc/mirror-neuron/mirror-neuron.env"
 ORIGINAL_DEFAULT_COOKIE = b"mirrorneuron"
 MIN_COOKIE_BYTES = 32
 DISCOVERY_SOURCES = frozenset({"static", "mdns"})
+DEFAULT_STATE_DIR = Path("/var/lib/mirror-neuron")  # the unit's StateDirectory=
+DEFAULT_COMMAND_TIMEOUT_S = 3600.0  # MIRROR_NEURON_COMMAND_TIMEOUT, per command try
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$")
@@ -196,6 +198,9 @@ class Config:
     link_tick_ms: int = 400
     link_timeout_ms: int = 1600
     executor_capacity: int = 0
+    state_dir: Path = DEFAULT_STATE_DIR
+    commands: bool = True
+    command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S
     log_level: str = "INFO"
     env_file: str | None = None
     warnings: tuple[str, ...] = ()
@@ -242,6 +247,9 @@ class Config:
             "link_tick_ms": self.link_tick_ms,
             "link_timeout_ms": self.link_timeout_ms,
             "executor_capacity": self.executor_capacity,
+            "state_dir": str(self.state_dir),
+            "commands": "on" if self.commands else "off",
+            "command_timeout_s": self.command_timeout_s,
             "config_fingerprint": self.fingerprint(),
             "env_file": self.env_file,
             "warnings": list(self.warnings),
@@ -405,6 +413,43 @@ def _timings(env: Mapping[str, str]) -> tuple[int, int, int, int]:
     return ttl, renew, tick, timeout
 
 
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(raw: str, var: str) -> float:
+    """Seconds from ``90s``, ``15m``, ``2h``, ``500ms`` or a bare number of seconds."""
+    m = _DURATION.match(raw.strip().lower())
+    if m is None or float(m.group(1)) <= 0:
+        raise ConfigError(f"{var}: {raw!r} is not a positive duration; fix: write it like 90s, 15m or 2h")
+    return float(m.group(1)) * _UNIT_S[m.group(2) or "s"]
+
+
+def _state_dir(env: Mapping[str, str]) -> Path:
+    """MIRROR_NEURON_STATE_DIR, else systemd's $STATE_DIRECTORY, else /var/lib/mirror-neuron when this
+    user may write there, else ~/.local/state/mirror-neuron."""
+    raw = env.get(ENV_PREFIX + "STATE_DIR", "").strip() or env.get("STATE_DIRECTORY", "").split(":")[0].strip()
+    if raw:
+        path = Path(raw)
+        if not path.is_absolute():
+            raise ConfigError(f"MIRROR_NEURON_STATE_DIR: {raw!r} is not absolute; fix: e.g. /var/lib/mirror-neuron")
+        return path
+    probe = DEFAULT_STATE_DIR if DEFAULT_STATE_DIR.exists() else DEFAULT_STATE_DIR.parent
+    if os.access(probe, os.W_OK):
+        return DEFAULT_STATE_DIR
+    return Path(env.get("HOME") or Path.home()) / ".local" / "state" / "mirror-neuron"
+
+
+def _commands(env: Mapping[str, str]) -> tuple[bool, float]:
+    """(command agents allowed on this node, default timeout of one command try in seconds)."""
+    raw = env.get(ENV_PREFIX + "COMMANDS", "").strip().lower() or "on"
+    if raw not in ("on", "off"):
+        raise ConfigError(f"MIRROR_NEURON_COMMANDS: {raw!r} is not on or off; fix: set on (default) or off")
+    timeout_raw = env.get(ENV_PREFIX + "COMMAND_TIMEOUT", "").strip()
+    timeout = parse_duration(timeout_raw, ENV_PREFIX + "COMMAND_TIMEOUT") if timeout_raw else DEFAULT_COMMAND_TIMEOUT_S
+    return raw == "on", timeout
+
+
 def _log_level(env: Mapping[str, str]) -> str:
     level = env.get(ENV_PREFIX + "LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -441,11 +486,13 @@ def load_config(
     namespace = _namespace(env)
     ttl, renew, tick, timeout = _timings(env)
     capacity = _int(env, "EXECUTOR_CAPACITY", os.cpu_count() or 1, 1, 4096)
+    commands, command_timeout = _commands(env)
     return Config(
         cookie=cookie, nodes=tuple(sorted(nodes)), me=me, redis_url=redis_url, namespace=namespace,
         dist_bind=dist_bind, api_bind=api_bind, api_port=api_port, discovery=discovery,
         lease_ttl_ms=ttl, renew_interval_ms=renew, link_tick_ms=tick, link_timeout_ms=timeout,
-        executor_capacity=capacity, log_level=_log_level(env), env_file=env_file,
+        executor_capacity=capacity, state_dir=_state_dir(env), commands=commands, command_timeout_s=command_timeout,
+        log_level=_log_level(env), env_file=env_file,
         warnings=tuple(_cookie_warnings(cookie)),
     )
 

@@ -83,6 +83,8 @@ class Demo:
             "MIRROR_NEURON_DISCOVERY": "static",
             "MIRROR_NEURON_EXECUTOR_CAPACITY": "2",
             "MIRROR_NEURON_REDIS_NAMESPACE": f"mn_demo_{os.getpid()}",
+            # one state dir per node: a node reaps the command groups recorded in its own
+            "MIRROR_NEURON_STATE_DIR": str(self.dir / f"state-mn{k}"),
         })
         with open(self.dir / f"mn{k}.log", "ab") as log:
             self.procs[k] = subprocess.Popen([sys.executable, "-m", "mn_node.daemon"], env=env,

@@ -76,6 +76,7 @@ class Registration:
             "redis_url": self.store.display_url,
             "started_ms": self.started_ms,
             "capacity": self.cfg.executor_capacity,
+            "commands": "on" if self.cfg.commands else "off",
             "load": json.dumps(load),
         }
         out: list[Any] = []

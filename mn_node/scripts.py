@@ -195,7 +195,7 @@ return 0
 # ---- jobs --------------------------------------------------------------------------------
 # Job hash fields: status, spec, owner, epoch, agents_total, agents_done, node:<name> (executor
 # runs completed per node), result, error, submitted_ms, updated_ms, _fence.
-# Agent states live in {ns}:job:<id>:agents as JSON {status, attempt, node, output, error}.
+# Agent states live in {ns}:job:<id>:agents as JSON {status, attempt, node, output, error, ...}.
 
 # Coordinator write, fenced, all or nothing.
 # KEYS: lease, job hash, agents hash, job events stream, active set
@@ -274,9 +274,26 @@ end
 
 # An executor's result, written by the node that ran it before anyone is told, and only if
 # its attempt is still the current one and the job is still running.
-# KEYS: job hash, agents hash, runs hash ; ARGV: agent id, attempt, node, output json,
-#       'completed' | 'failed', error text
+# KEYS: job hash, agents hash, runs hash[, job events stream]
+# ARGV: agent id, attempt, node, output json, 'completed' | 'failed', error text
+#       [, extra state fields json (object, merged into the agent state: exit_code, started_ms,
+#          duration_ms, complete_job, emits, next_state, ...), events json (list of [type, data json])
+#          appended to the job's events stream with the node, events maxlen]
 STORE_RESULT = _NOW_MS + _CURRENT_ATTEMPT + """
+local extra, events = {}, {}
+if ARGV[7] then
+  local ok, e, ev = pcall(function() return cjson.decode(ARGV[7]), cjson.decode(ARGV[8] or '[]') end)
+  if not ok or type(e) ~= 'table' or type(ev) ~= 'table' or (#ev > 0 and (not KEYS[4] or not tonumber(ARGV[9]))) then
+    return redis.error_reply('store_result: extra must be a JSON object, events a JSON list with a stream and maxlen')
+  end
+  for _, item in ipairs(ev) do
+    if type(item[1]) ~= 'string' or type(item[2]) ~= 'string' then
+      return redis.error_reply('store_result: every event must be [type, data json]')
+    end
+  end
+  extra, events = e, ev
+end
+for k, v in pairs(extra) do st[k] = v end
 st['finished_ms'] = now_ms()
 st['node'] = ARGV[3]
 if ARGV[5] == 'completed' then
@@ -292,6 +309,10 @@ redis.call('HSET', KEYS[1], 'updated_ms', st['finished_ms'])
 if ARGV[5] == 'completed' then
   redis.call('HINCRBY', KEYS[1], 'agents_done', 1)
   redis.call('HINCRBY', KEYS[1], 'node:' .. ARGV[3], 1)
+end
+for _, item in ipairs(events) do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'type', item[1], 'node', ARGV[3], 'epoch', '',
+    'data', item[2])
 end
 return {1, st['status']}
 """

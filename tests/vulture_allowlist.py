@@ -62,6 +62,13 @@ _.decrypt
 _.listening  # link.manager.LinkManager: tests/link/test_manager.py
 _.renewals  # leases.LeaseManager: tests/test_leases.py
 _.remaining  # leases.Lease: tests/test_leases.py
+_.from_json  # bundles.agents.AggregatorState: tests/bundles/test_agents.py round-trips the state
+
+# ---- real tarfile.TarInfo attributes, read by tarfile when the archive is written (bundles/archive.py)
+_.mtime
+_.gid
+_.uname
+_.gname
 
 # ---- shared helpers on the base commit, for every layer to adopt (mn_node/aio.py) -------------
 _.disconnect

@@ -5,8 +5,10 @@ there are problems), ``warnings`` (fields accepted but not acted on, never silen
 and ``problems`` (what makes the bundle unrunnable), each as ``<json path>: <what>; fix: <how>``.
 
 Supported: ``router``, ``executor`` (``command``: run by the command runner; ``task``: a
-Python entry point) and ``aggregator`` agents in an acyclic graph run once per job. Refused:
-``sensor`` and ``module`` agents, cycles, ``long_lived`` (daemon) graphs.
+Python entry point) and ``aggregator`` agents (the original's ``complete_after`` /
+``complete_on_message``, or this project's ``reduce``: a named reducer) in an acyclic graph run
+once per job. Refused: ``sensor`` and ``module`` agents, cycles, ``long_lived`` (daemon) graphs.
+This is the one validator: job submissions (``mn submit``, the API, bundles) all go through it.
 
 Normalized form::
 
@@ -20,7 +22,8 @@ Normalized form::
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -59,11 +62,25 @@ IGNORED_EXECUTOR_KEYS = {
 }
 ROUTER_KEYS = frozenset({"emit_type"})
 AGGREGATOR_KEYS = frozenset({"complete_after", "complete_on_message", "output_message_type", "complete_job",
-                             "reducer"})
+                             "reducer", "reduce"})
 IGNORED_NODE_KEYS = ("tool_bindings", "retry_policy", "checkpoint_policy", "spawn_policy")
 IGNORED_EDGE_KEYS = ("conditions",)
 IGNORED_TOP_KEYS = ("metadata", "reload")
 HOST_LOCAL = "MirrorNeuron.Runner.HostLocal"
+# ids end up in job ids, Redis keys and file names
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+MAX_AGENTS = 10_000
+MAX_RESTARTS = 100
+MAX_TASK_TIMEOUT_S = 86_400
+
+
+@dataclass(frozen=True)
+class Known:
+    """What this cluster can run beyond commands: installed task entry points and reducers
+    (None: not checked, e.g. ``mn validate`` away from a node)."""
+
+    tasks: Collection[str] | None = None
+    reducers: Collection[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,9 +113,10 @@ class Validation:
 
 
 class _Check:
-    def __init__(self) -> None:
+    def __init__(self, known: Known | None = None) -> None:
         self.warnings: list[Finding] = []
         self.problems: list[Finding] = []
+        self.known = known or Known()
 
     def bad(self, path: str, message: str) -> None:
         self.problems.append(Finding(path, message))
@@ -159,9 +177,9 @@ def validate_bundle(path: Path, *, max_bytes: int | None = None) -> Validation:
     return Validation(normalized if not check.problems else None, check.warnings, check.problems, manifest_file)
 
 
-def validate_manifest(raw: Any, payloads: Path | None = None) -> Validation:
+def validate_manifest(raw: Any, payloads: Path | None = None, known: Known | None = None) -> Validation:
     """Validate an already decoded manifest (no files checked unless ``payloads`` is given)."""
-    check = _Check()
+    check = _Check(known)
     normalized = normalize(raw, check, payloads=payloads)
     return Validation(normalized if not check.problems else None, check.warnings, check.problems)
 
@@ -208,15 +226,18 @@ def normalize(raw: Any, check: _Check, payloads: Path | None = None) -> dict[str
                                 "(router, executor and aggregator agents)")
     version = raw.get("manifest_version")
     if version is None:
-        check.bad("manifest_version", "missing; fix: \"manifest_version\": \"1.0\"")
+        check.warn("manifest_version", "missing; read as 1.0 (write \"manifest_version\": \"1.0\")")
     elif str(version) not in ("1", "1.0"):
         check.warn("manifest_version", f"{version!r} is not 1.0; read as 1.0")
     graph_id = raw.get("graph_id")
     if not _is_str(graph_id):
         check.bad("graph_id", "missing or empty; fix: name the graph, e.g. \"prime_sweep\"")
+    elif not ID_RE.match(str(graph_id)):
+        check.bad("graph_id", f"{str(graph_id)[:80]!r} has bad characters; fix: use letters, digits, _ . : - "
+                              "(at most 128)")
     job_name = raw.get("job_name", graph_id)
-    if job_name is not None and not isinstance(job_name, str):
-        check.bad("job_name", "must be a string")
+    if job_name is not None and (not isinstance(job_name, str) or len(job_name) > 200):
+        check.bad("job_name", "must be a string of at most 200 characters")
     nodes = _nodes(raw.get("nodes"), check, payloads)
     ids = [n["node_id"] for n in nodes if n is not None]
     edges = _edges(raw.get("edges", []), check, set(ids))
@@ -236,6 +257,9 @@ def _nodes(raw: Any, check: _Check, payloads: Path | None) -> list[dict[str, Any
         check.bad("nodes", "missing or empty; fix: list the agents, e.g. [{\"node_id\": \"a\", "
                            "\"agent_type\": \"executor\", ...}]")
         return []
+    if len(raw) > MAX_AGENTS:
+        check.bad("nodes", f"{len(raw)} agents exceed the limit of {MAX_AGENTS}; fix: split the job")
+        return []
     out: list[dict[str, Any] | None] = []
     seen: set[str] = set()
     for i, node in enumerate(raw):
@@ -251,15 +275,18 @@ def _node(path: str, node: Any, check: _Check, seen: set[str], payloads: Path | 
         check.bad(f"{path}.node_id", "missing or empty; fix: give every node a unique id")
         return None
     node_id = str(node["node_id"])
+    if not ID_RE.match(node_id):
+        check.bad(f"{path}.node_id", f"{node_id[:80]!r} has bad characters; fix: use letters, digits, _ . : -")
     if node_id in seen:
-        check.bad(f"{path}.node_id", f"duplicate node_id {node_id!r}; fix: make ids unique")
+        check.bad(f"{path}.node_id", f"duplicate node_id {node_id!r} (used twice); fix: make ids unique")
     seen.add(node_id)
     agent = node.get("agent_type")
     if agent in UNSUPPORTED_AGENTS:
         check.bad(f"{path}.agent_type", f"node {node_id!r}: agent_type {agent!r} is not supported "
-                  f"({UNSUPPORTED_AGENTS[agent]}); fix: use one of {', '.join(SUPPORTED_AGENTS)}")
+                  f"({UNSUPPORTED_AGENTS[agent]}): an unknown agent type on this cluster; "
+                  f"fix: use one of {', '.join(SUPPORTED_AGENTS)}")
     elif agent not in SUPPORTED_AGENTS:
-        check.bad(f"{path}.agent_type", f"node {node_id!r}: unknown agent_type {agent!r}; "
+        check.bad(f"{path}.agent_type", f"node {node_id!r}: unknown agent type {agent!r}; "
                   f"fix: use one of {', '.join(SUPPORTED_AGENTS)}")
     template = node.get("type", "generic")
     if template is None:
@@ -301,6 +328,11 @@ def _known(path: str, config: Mapping[str, Any], known: frozenset[str], ignored:
 
 def _aggregator(path: str, config: Mapping[str, Any], check: _Check) -> None:
     _known(path, config, AGGREGATOR_KEYS, {}, check)
+    if "reduce" in config:
+        reduce, known = config["reduce"], check.known.reducers
+        if not _is_str(reduce) or (known is not None and reduce not in known):
+            check.bad(f"{path}.reduce", f"unknown reducer {reduce!r}; fix: use one of "
+                                        f"{', '.join(sorted(known or ())) or 'the installed reducers'}")
     after = config.get("complete_after")
     if after is not None and (not isinstance(after, int) or isinstance(after, bool) or after < 1):
         check.bad(f"{path}.complete_after", f"{after!r} is not a positive integer; fix: the number of messages "
@@ -318,8 +350,9 @@ def _nonneg_int(path: str, config: Mapping[str, Any], key: str, check: _Check, l
 
 def _executor(path: str, node_id: str, config: Mapping[str, Any], check: _Check,
               payloads: Path | None) -> str | None:
-    _known(path, config, EXECUTOR_KEYS, IGNORED_EXECUTOR_KEYS, check)
     command, task = config.get("command"), config.get("task")
+    if task is None:  # a task's config is its own: only a command's keys are checked
+        _known(path, config, EXECUTOR_KEYS, IGNORED_EXECUTOR_KEYS, check)
     runner: str | None = None
     if command is not None and task is not None:
         check.bad(path, f"node {node_id!r} has both 'command' and 'task'; fix: keep one")
@@ -331,8 +364,12 @@ def _executor(path: str, node_id: str, config: Mapping[str, Any], check: _Check,
                       "fix: e.g. [\"python3\", \"scripts/run.py\"]")
     elif task is not None:
         runner = "entrypoint"
+        known = check.known.tasks
         if not _is_str(task):
             check.bad(f"{path}.task", "must be the name of an installed task")
+        elif known is not None and task not in known:
+            check.bad(f"{path}.task", f"unknown task {task!r}; fix: use one of "
+                                      f"{', '.join(sorted(known)) or '(none installed)'} or install the plugin")
     else:
         check.bad(f"{path}.command", f"node {node_id!r}: an executor needs a command; "
                   "fix: e.g. \"command\": [\"python3\", \"scripts/run.py\"]")
@@ -431,18 +468,19 @@ def _edges(raw: Any, check: _Check, ids: set[str]) -> list[dict[str, Any]]:
             check.bad(path, "must be an object {edge_id, from_node, to_node, message_type}")
             continue
         for end in ("from_node", "to_node"):
-            if edge.get(end) not in ids:
-                check.bad(f"{path}.{end}", f"{edge.get(end)!r} is not a node of this graph")
+            if not isinstance(edge.get(end), str) or edge.get(end) not in ids:
+                check.bad(f"{path}.{end}", f"dangling edge: {edge.get(end)!r} is not a node of this graph; "
+                                          "fix: point it at a node_id listed in nodes")
         if not _is_str(edge.get("message_type")):
-            check.bad(f"{path}.message_type", "missing; fix: name the message type the edge carries")
+            check.warn(f"{path}.message_type", "missing: this edge carries every message its source sends")
         mode = edge.get("routing_mode", "broadcast")
         if mode != "broadcast":
             check.warn(f"{path}.routing_mode", f"{mode!r} not acted on: messages go to every edge of their type")
         for key in IGNORED_EDGE_KEYS:
             if key in edge:
                 check.warn(f"{path}.{key}", "accepted but not acted on")
-        out.append({"edge_id": edge.get("edge_id") or f"edge_{i}", "from_node": edge.get("from_node"),
-                    "to_node": edge.get("to_node"), "message_type": edge.get("message_type")})
+        ends = {end: edge.get(end) if isinstance(edge.get(end), str) else None for end in ("from_node", "to_node")}
+        out.append({"edge_id": edge.get("edge_id") or f"edge_{i}", **ends, "message_type": edge.get("message_type")})
     return out
 
 
@@ -461,8 +499,9 @@ def _entrypoints(raw: Mapping[str, Any], check: _Check, nodes: list[dict[str, An
         check.bad("entrypoints", "must be a non-empty list of node ids")
         return []
     for i, ep in enumerate(eps):
-        if ep not in ids:
-            check.bad(f"entrypoints[{i}]", f"{ep!r} is not a node of this graph")
+        if not isinstance(ep, str) or ep not in ids:
+            check.bad(f"entrypoints[{i}]",
+                      f"no agent {ep!r}: not a node of this graph; fix: name a node_id listed in nodes")
     return [str(e) for e in eps]
 
 
@@ -493,13 +532,17 @@ def _policies(raw: Any, check: _Check) -> dict[str, Any]:
         return {}
     mode = raw.get("recovery_mode", "local_restart")
     if mode not in RECOVERY_MODES:
-        check.bad("policies.recovery_mode", f"{mode!r} is not supported; fix: use one of {', '.join(RECOVERY_MODES)}")
+        check.bad("policies.recovery_mode", f"unknown mode {mode!r}; fix: use one of {', '.join(RECOVERY_MODES)}")
     attempts = raw.get("max_agent_restart_attempts", 3)
-    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
-        check.bad("policies.max_agent_restart_attempts", f"{attempts!r} is not an integer >= 0")
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or not 0 <= attempts <= MAX_RESTARTS:
+        check.bad("policies.max_agent_restart_attempts",
+                  f"{attempts!r} is not an integer 0-{MAX_RESTARTS}; fix: e.g. 3")
     out: dict[str, Any] = {"recovery_mode": mode, "max_agent_restart_attempts": attempts}
     if "task_timeout_s" in raw:
-        out["task_timeout_s"] = raw["task_timeout_s"]
+        timeout = raw["task_timeout_s"]
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= MAX_TASK_TIMEOUT_S:
+            check.bad("policies.task_timeout_s", f"{timeout!r} is not 0-{MAX_TASK_TIMEOUT_S} seconds; fix: e.g. 600")
+        out["task_timeout_s"] = timeout
     for key in raw:
         if key not in ("recovery_mode", "max_agent_restart_attempts", "task_timeout_s"):
             check.warn(f"policies.{key}", "unknown policy, ignored")

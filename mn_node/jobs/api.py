@@ -10,19 +10,19 @@ from aiohttp import web
 
 from mn_node.api import NODE_KEY, NodeAPI, error, json_response, read_json
 from mn_node.errors import DataError
-from mn_node.jobs import blueprints, tasks
-from mn_node.jobs.manifest import validate
+from mn_node.jobs import blueprints
+from mn_node.jobs.manifest import ManifestError
 from mn_node.jobs.state import (
     TERMINAL,
     JobKeys,
     agent_states,
     cancel_job,
-    create_job,
     get_job,
     job_events,
     job_view,
     list_jobs,
 )
+from mn_node.jobs.submit import submit_job
 from mn_node.leases import Holder
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
@@ -66,14 +66,18 @@ async def submit(request: web.Request) -> web.Response:
             raw = body["manifest"]
         else:
             raise DataError('body: neither "blueprint" nor "manifest" given; fix: send one of them')
-        manifest = validate(raw, set(tasks.available()))
     except DataError as e:
         return error(400, str(e))
     unavailable = _need_redis(node)
     if unavailable is not None:
         return unavailable
-    job_id = await create_job(node.store, manifest, node.name,
-                              {k: v for k, v in body.items() if k != "manifest"})
+    try:
+        job_id = await submit_job(node.store, raw, bundle_sha=None, node=node.name,
+                                  request={k: v for k, v in body.items() if k != "manifest"})
+    except ManifestError as e:
+        return json_response({"error": str(e), "problems": e.problems}, 400)
+    except DataError as e:
+        return error(400, str(e))
     node.kick_placement()
     h = await get_job(node.store, job_id)
     return json_response(job_view(h), 201)

@@ -22,8 +22,9 @@ from mn_node.errors import (
     MirrorNeuronError,
     RedisUnavailable,
 )
-from mn_node.jobs.manifest import Manifest, validate
-from mn_node.jobs.reducers import REDUCERS
+from mn_node.jobs.graph import body_of, inbox, json_field, legacy_inputs
+from mn_node.jobs.inline import MISSING, run_inline, skipped
+from mn_node.jobs.manifest import Agent, Manifest, validate
 from mn_node.jobs.state import TERMINAL, AgentState, JobKeys, agent_states, get_job
 from mn_node.leases import Lease
 from mn_node.store import EVENTS_MAXLEN
@@ -36,6 +37,9 @@ log = logging.getLogger("mn_node.jobs")
 FULL_REFRESH_S = 2.0
 PREFETCH = 2
 AUDIT_AFTER_MS = 2000  # a dispatch this old must be known to its node, or it is replayed
+NO_COMMAND_NODE_GRACE_S = 5.0  # registrations are read before "no node allows commands" fails a job
+NO_COMMAND_NODE = ("no node allows commands (MIRROR_NEURON_COMMANDS=off on every node); fix: set "
+                   "MIRROR_NEURON_COMMANDS=on on at least one node and restart it, then submit the job again")
 
 
 class Coordinator:
@@ -51,7 +55,9 @@ class Coordinator:
         self._open: set[str] = set()
         self._wake = asyncio.Event()
         self._notified: set[str] = set()
-        self._inflight: dict[str, int] = {}  # node -> executors we dispatched there, not yet done
+        self._inflight: dict[str, int] = {}  # node -> executor slots we dispatched there, not yet done
+        self._changed: set[str] = set()  # agents whose state changed since the last step looked
+        self._started = time.monotonic()
         self._rr = 0
         self.finished = False
         self.cancel_requested = False
@@ -115,6 +121,7 @@ class Coordinator:
         self.order = _topo(self.manifest)
         self._rank = {aid: i for i, aid in enumerate(self.order)}
         self.states = await agent_states(self.rt.store, self.job_id)
+        self._changed = set(self.states)
         recovering = h.get("status") == "running"
         fresh = {aid: AgentState() for aid in self.manifest.agents if aid not in self.states}
         self._open = {aid for aid in self.manifest.agents if self.states.get(aid, AgentState()).status != "completed"}
@@ -170,7 +177,7 @@ class Coordinator:
                     running = set()
             for aid in aids:
                 if aid in running:
-                    self._inflight[node] = self._inflight.get(node, 0) + 1
+                    self._inflight[node] = self._inflight.get(node, 0) + self._slots(aid)
                 else:
                     replay.add(aid)
         if replay:
@@ -183,50 +190,80 @@ class Coordinator:
         m = self.manifest
         assert m is not None
         while True:
+            if await self._settle_changed():
+                return True
             done_now: dict[str, AgentState] = {}
             events: list[tuple[str, dict[str, Any]]] = []
             to_dispatch: list[str] = []
-            nodes_of = {aid: st.node for aid, st in self.states.items()}
             for aid in sorted(self._ready(), key=self._rank.__getitem__):
-                st = self.states[aid]
                 agent = m.agents[aid]
-                if st.status == "failed":
-                    if st.attempt >= m.max_attempts:
-                        why = f"agent {aid} failed {st.attempt} times: {st.error}"
-                        await self.write(job={"status": "failed", "error": why},
-                                         events=[("job_failed", {"agent": aid, "error": st.error})], terminal=True)
-                        log.warning("job %s failed: %s", self.job_id, why)
-                        return True
-                    to_dispatch.append(aid)
-                    continue
                 if agent.type == "executor":
-                    to_dispatch.append(aid)
+                    if agent.is_command and self.states[aid].status == "pending" \
+                            and not inbox(m, aid, self.states):
+                        done_now[aid] = skipped(self.rt.node)
+                        events.append(("agent_skipped", {"agent": aid, "reason": "received no message"}))
+                    else:
+                        to_dispatch.append(aid)
                     continue
-                ups = m.upstream(aid)
-                if aid in m.entrypoints:
-                    inputs: dict[str, Any] = {"initial": m.initial_inputs.get(aid)}
-                else:
-                    inputs = {u: self.states[u].output for u in ups}
-                if agent.type == "router":
-                    out: Any = inputs.get("initial") if aid in m.entrypoints else inputs
-                else:
-                    out = REDUCERS[str(agent.config.get("reduce", "collect"))](inputs, nodes_of)
-                done_now[aid] = AgentState("completed", 1, self.rt.node, out)
-                events.append(("agent_completed", {"agent": aid, "type": agent.type}))
+                out = run_inline(m, aid, {**self.states, **done_now}, self.rt.node)
+                done_now[aid] = out.state
+                if out.fail:
+                    await self._finish("failed", agents=done_now, error=out.fail, agent=aid)
+                    return True
+                events.append(("agent_completed", {"agent": aid, "type": agent.type,
+                                                   **({"skipped": True} if out.state.extra.get("skipped") else {})}))
+                if out.complete is not MISSING:
+                    await self._finish("completed", agents=done_now, result=out.complete, events=events, agent=aid)
+                    return True
             if done_now:
                 await self.write(agents=done_now, events=events)
-            if to_dispatch:
-                await self._dispatch(to_dispatch)
+            if to_dispatch and await self._dispatch(to_dispatch):
+                return True
             if all(self.states[t].status == "completed" for t in m.terminals):
                 outs = {t: self.states[t].output for t in m.terminals}
                 result = next(iter(outs.values())) if len(outs) == 1 else outs
-                await self.write(job={"status": "completed", "result": result,
-                                      "finished_ms": int(time.time() * 1000)},
-                                 events=[("job_completed", {"summary": _brief(result)})], terminal=True)
-                log.info("job %s completed", self.job_id)
+                await self._finish("completed", result=result)
                 return True
             if not done_now:
                 return False
+
+    async def _settle_changed(self) -> bool:
+        """Act on executors that finished since the last look: a ``complete_job`` completes
+        the job with that value; a failed command fails it (its runner already retried it per
+        ``max_attempts``); a failed task is retried up to the policy's restarts. True: job ended."""
+        m = self.manifest
+        assert m is not None
+        changed, self._changed = self._changed, set()
+        for aid in sorted((a for a in changed if a in m.agents), key=self._rank.__getitem__):
+            st, agent = self.states[aid], m.agents[aid]
+            if agent.type != "executor":
+                continue
+            if st.status == "completed" and "complete_job" in st.extra:
+                await self._finish("completed", result=json_field(st, "complete_job"), agent=aid)
+                return True
+            if st.status == "failed" and (agent.is_command or st.attempt >= m.max_attempts):
+                why = st.error if agent.is_command else f"agent {aid} failed {st.attempt} times: {st.error}"
+                await self._finish("failed", error=why, agent=aid)
+                return True
+        return False
+
+    async def _finish(self, status: str, *, agents: dict[str, AgentState] | None = None, result: Any = None,
+                      error: str = "", events: list[tuple[str, dict[str, Any]]] | None = None,
+                      agent: str | None = None) -> None:
+        """The one terminal write (fenced): status, result or error; then every node stops the job's runs."""
+        job: dict[str, Any] = {"status": status, "finished_ms": int(time.time() * 1000)}
+        if status == "completed":
+            job["result"] = result
+            ev = ("job_completed", {"summary": _brief(result), **({"by": agent} if agent else {})})
+        else:
+            job["error"] = error
+            ev = ("job_failed", {"agent": agent, "error": error, "reason": error})
+        await self.write(job=job, agents=agents, events=[*(events or []), ev], terminal=True)
+        if status == "completed":
+            log.info("job %s completed", self.job_id)
+        else:
+            log.warning("job %s failed: %s", self.job_id, error)
+        self._end_runs()
 
     def _ready(self) -> list[str]:
         """Agents not yet dispatched or completed whose upstream agents have all completed."""
@@ -243,35 +280,65 @@ class Coordinator:
                 out.append(aid)
         return out
 
-    async def _dispatch(self, aids: list[str], recovery: bool = False) -> None:
+    def _slots(self, aid: str) -> int:
+        m = self.manifest
+        return m.agents[aid].slots if m is not None and aid in m.agents else 1
+
+    def _release(self, node: str, aid: str) -> None:
+        self._inflight[node] = max(0, self._inflight.get(node, 0) - self._slots(aid))
+
+    def _request(self, aid: str, st: AgentState) -> dict[str, Any]:
+        """What the executing node is sent for one run of ``aid``."""
+        m = self.manifest
+        assert m is not None
+        agent = m.agents[aid]
+        req: dict[str, Any] = {"agent": aid, "attempt": st.attempt, "runner": agent.runner or "entrypoint",
+                               "task": agent.task, "config": agent.config, "slots": agent.slots}
+        if agent.is_command:
+            msgs = inbox(m, aid, self.states)
+            req.update(body=body_of(msgs), message_type=msgs[0].type if len(msgs) == 1 else "messages",
+                       sender=msgs[0].sender if len(msgs) == 1 else "runtime", bundle=m.bundle,
+                       template=agent.template, downstream=m.downstream(aid))
+        else:
+            req.update(inputs=legacy_inputs(m, aid, self.states), timeout=m.policies["task_timeout_s"])
+        return req
+
+    async def _dispatch(self, aids: list[str], recovery: bool = False) -> bool:
+        """Record and send runs of ``aids`` (those that fit now); True when the job failed
+        because no live node may run its command agents (after a grace period)."""
         m = self.manifest
         assert m is not None
         plan: dict[str, AgentState] = {}
         events: list[tuple[str, dict[str, Any]]] = []
         caps = await self.rt.capacities()
+        unplaceable = False
         for aid in aids:
-            node = self._pick_node(caps)
+            node = self._pick_node(caps, m.agents[aid])
             if node is None:
+                if m.agents[aid].is_command and not any(self.rt.allows_commands(n) for n in caps):
+                    unplaceable = True
+                    continue
                 break  # everyone is busy; the rest waits for a completion
             old = self.states[aid]
             st = AgentState("dispatched", old.attempt + 1, node, None, "",
                             {"dispatched_ms": int(time.time() * 1000)})
             plan[aid] = st
-            self._inflight[node] = self._inflight.get(node, 0) + 1
+            self._inflight[node] = self._inflight.get(node, 0) + m.agents[aid].slots
             kind = "agent_recovery_started" if (recovery or old.attempt > 0) else "agent_dispatched"
             events.append((kind, {"agent": aid, "attempt": st.attempt, "node": node,
                                   **({"previous_node": old.node} if old.node else {})}))
-        if not plan:
-            return
-        await self.write(agents=plan, events=events)
+        if unplaceable and not plan and time.monotonic() - self._started >= NO_COMMAND_NODE_GRACE_S:
+            await self._finish("failed", error=NO_COMMAND_NODE)
+            return True
+        if plan:
+            await self.write(agents=plan, events=events)
+            await self._send(plan)
+        return False
+
+    async def _send(self, plan: dict[str, AgentState]) -> None:
         by_node: dict[str, list[dict[str, Any]]] = {}
         for aid, st in plan.items():
-            agent = m.agents[aid]
-            inputs = {u: self.states[u].output for u in m.upstream(aid)}
-            by_node.setdefault(st.node, []).append({
-                "agent": aid, "attempt": st.attempt, "task": agent.task, "config": agent.config,
-                "inputs": inputs, "timeout": m.policies["task_timeout_s"],
-            })
+            by_node.setdefault(st.node, []).append(self._request(aid, st))
         results = await asyncio.gather(
             *(self.rt.exec_run(node, self.job_id, self.lease.epoch, reqs) for node, reqs in by_node.items()),
             return_exceptions=True,
@@ -280,16 +347,20 @@ class Coordinator:
             if isinstance(res, BaseException):
                 log.warning("dispatch of %d executors of %s to %s failed: %s", len(reqs), self.job_id, node, res)
                 back = {r["agent"]: AgentState("pending", r["attempt"], node) for r in reqs}
-                self._inflight[node] = max(0, self._inflight.get(node, 0) - len(reqs))
+                for r in reqs:
+                    self._release(node, r["agent"])
                 await self.write(agents=back, events=[("agent_dispatch_failed", {"node": node, "agents": len(reqs),
                                                                                  "reason": str(res)[:200]})])
 
-    def _pick_node(self, caps: dict[str, int]) -> str | None:
-        """The node with the most free slots (round robin among equals). Each node gets up to
-        PREFETCH x its capacity, so its pool never idles while a completion travels back to us."""
+    def _pick_node(self, caps: dict[str, int], agent: Agent) -> str | None:
+        """The node with the most free slots (round robin among equals) among those that may run
+        the agent (command agents: only nodes with MIRROR_NEURON_COMMANDS on). Each node gets up
+        to PREFETCH x its capacity, so its pool never idles while a completion travels back to us."""
         best: list[str] = []
         best_free = 0
         for node, cap in sorted(caps.items()):
+            if agent.is_command and not self.rt.allows_commands(node):
+                continue
             free = cap * PREFETCH - self._inflight.get(node, 0)
             if free > best_free:
                 best, best_free = [node], free
@@ -304,8 +375,9 @@ class Coordinator:
     def _absorb(self, aid: str, st: AgentState) -> None:
         old = self.states.get(aid)
         if old is not None and old.status == "dispatched" and st.status != "dispatched":
-            self._inflight[old.node] = max(0, self._inflight.get(old.node, 0) - 1)
+            self._release(old.node, aid)
         self.states[aid] = st
+        self._changed.add(aid)
 
     async def _refresh_notified(self) -> None:
         if not self._notified:
@@ -333,13 +405,12 @@ class Coordinator:
             log.info("job %s: %d executors were on nodes now down or cut off from Redis; replaying them",
                      self.job_id, len(lost))
             for aid in lost:
-                node = self.states[aid].node
-                self._inflight[node] = max(0, self._inflight.get(node, 0) - 1)
-            await self._dispatch(lost, recovery=True)
-        await self._audit_inflight()
-        return False
+                self._release(self.states[aid].node, aid)
+            if await self._dispatch(lost, recovery=True):
+                return True
+        return await self._audit_inflight()
 
-    async def _audit_inflight(self) -> None:
+    async def _audit_inflight(self) -> bool:
         """Replay executions that their node, though up, no longer knows: it was restarted
         faster than it could be seen down (a rolling restart), or the request was lost. A node
         forgets a run only after storing its result, so the state is re-read before replaying."""
@@ -357,7 +428,7 @@ class Coordinator:
                 continue  # not answering now: if it stays away, the health check replays its work
             forgotten += [a for a, ok in zip(aids, known, strict=False) if not ok]
         if not forgotten:
-            return
+            return False
         raw = await self.rt.store.guard(self.rt.store.r.hmget(self.keys.agents, forgotten))
         replay: list[str] = []
         for aid, r in zip(forgotten, raw, strict=True):
@@ -366,25 +437,32 @@ class Coordinator:
             st = AgentState.decode(r)
             if st.status == "dispatched" and st.attempt == self.states[aid].attempt:
                 replay.append(aid)
-                self._inflight[st.node] = max(0, self._inflight.get(st.node, 0) - 1)
+                self._release(st.node, aid)
             else:
                 self._absorb(aid, st)
         if replay:
             log.info("job %s: %d executors unknown to their (restarted?) nodes; replaying them",
                      self.job_id, len(replay))
-            await self._dispatch(replay, recovery=True)
+            return await self._dispatch(replay, recovery=True)
+        return False
 
     async def _stop_cancelled(self) -> None:
-        nodes = {st.node for st in self.states.values() if st.status == "dispatched" and st.node}
+        nodes = self._end_runs()
+        log.info("job %s cancelled; told %d executor nodes to stop", self.job_id, len(nodes))
+
+    def _end_runs(self) -> set[str]:
+        """The job ended: every node that has or had an executor of it stops what still runs
+        (killing command groups) and drops the job's scratch directories."""
+        nodes = {st.node for st in self.states.values()
+                 if st.node and st.status in ("dispatched", "completed", "failed")}
+        nodes.add(self.rt.node)
         for node in nodes:
             self.rt.exec_cancel(node, self.job_id)
-        log.info("job %s cancelled; told %d executor nodes to stop", self.job_id, len(nodes))
+        return nodes
 
 
 def _topo(m: Manifest) -> list[str]:
-    indeg = {a: 0 for a in m.agents}
-    for _, b in m.edges:
-        indeg[b] += 1
+    indeg = {a: len(m.upstream(a)) for a in m.agents}
     order: list[str] = []
     ready = [a for a in m.agents if indeg[a] == 0]
     while ready:

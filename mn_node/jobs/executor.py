@@ -1,9 +1,15 @@
-"""The executor side: runs tasks of any coordinator in this node's process pool.
+"""The executor side: runs the executor agents of any coordinator on this node.
 
-Tasks run in a ``ProcessPoolExecutor`` (spawn, workers die with the daemon) of MIRROR_NEURON_EXECUTOR_CAPACITY slots,
-so CPU work never blocks the event loop. Each run is counted in ``{ns}:job:<id>:runs`` before
-it starts; its output is stored by ``store_result`` (conditioned on the attempt still being
-current and the job still running) before the coordinator is told.
+One dispatch path, two runners behind :class:`~mn_node.runners.base.Runner`: ``config.task``
+runs in the entry-point runner (a ``ProcessPoolExecutor``, spawn, workers die with the daemon),
+``config.command`` in the command runner (an owned process group per try, scratch directories
+under ``<state dir>/scratch``, group records under ``<state dir>/groups``). A run takes
+``pool_slots`` (default 1) of the node's MIRROR_NEURON_EXECUTOR_CAPACITY slots. Each run is
+counted in ``{ns}:job:<id>:runs`` before it starts (``claim_start``, refused unless the attempt
+is still the dispatched one of a running job); its output is stored by ``store_result``
+(conditioned on the same) before the coordinator is told. A command's runner-internal retries
+(``max_attempts``) all happen inside that one counted start. Every finished attempt's record
+(exit code, duration, node, stdout/stderr tails) goes to ``{ns}:job:<id>:attempts``.
 """
 
 from __future__ import annotations
@@ -14,21 +20,30 @@ import logging
 import multiprocessing
 import os
 import time
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mn_node.aio import Backoff, Signal
-from mn_node.errors import EX_UNAVAILABLE, LinkError, RedisUnavailable
+from mn_node.bundles.cache import BundleCache
+from mn_node.errors import EX_UNAVAILABLE, ConfigError, LinkError, MirrorNeuronError, RedisUnavailable
 from mn_node.jobs import tasks
+from mn_node.jobs.outcome import Outcome, attempt_record, outcome_of
 from mn_node.jobs.state import JobKeys
 from mn_node.leases import Holder
 from mn_node.link.manager import LinkManager
-from mn_node.store import Store
+from mn_node.runners.base import RunRequest, RunResult, envelope
+from mn_node.runners.command import CommandRunner
+from mn_node.runners.entrypoint import EntryPointRunner
+from mn_node.runners.sandbox import STDERR_FILE, STDOUT_FILE, safe_name
+from mn_node.store import EVENTS_MAXLEN, Store
 
 log = logging.getLogger("mn_node.executor")
 
 STORE_RETRY_S = 30.0
+LOG_CHUNK = 64 * 1024  # most bytes per stream one exec.logs answer carries
 
 
 def _warm() -> int:
@@ -50,6 +65,39 @@ def _die_with_parent(parent: int) -> None:
         os._exit(EX_UNAVAILABLE)
 
 
+class Slots:
+    """A counting semaphore whose holders take several units (``pool_slots``), first come first served."""
+
+    def __init__(self, total: int) -> None:
+        self.free = total
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, n: int) -> None:
+        if not self._waiters and self.free >= n:
+            self.free -= n
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, fut)
+        self._waiters.append(entry)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(n)  # granted just as we were cancelled
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
+            raise
+
+    def release(self, n: int) -> None:
+        self.free += n
+        while self._waiters and self.free >= self._waiters[0][0]:
+            k, fut = self._waiters.popleft()
+            if fut.done():
+                continue
+            self.free -= k
+            fut.set_result(None)
+
+
 @dataclass
 class Run:
     job_id: str
@@ -61,14 +109,20 @@ class Run:
 
 
 class ExecutorService:
-    def __init__(self, node: str, store: Store, links: LinkManager, capacity: int) -> None:
+    def __init__(self, node: str, store: Store, links: LinkManager, capacity: int, *,
+                 state_dir: Path, commands: bool = True, command_timeout_s: float = 3600.0) -> None:
         self.node = node
         self.store = store
         self.links = links
         self.capacity = capacity
-        self._sem = asyncio.Semaphore(capacity)
+        self.commands_allowed = commands
+        self._slots = Slots(capacity)
         self._pool: ProcessPoolExecutor | None = None
-        self._ready = asyncio.Event()  # set once the pool exists: links deliver exec.run earlier
+        self._entry: EntryPointRunner | None = None
+        self.commands = CommandRunner(state_dir / "scratch", default_timeout_s=command_timeout_s,
+                                      state_dir=state_dir / "groups", node_name=node)
+        self.bundles = BundleCache(store, state_dir / "bundles")
+        self._ready = asyncio.Event()  # set once the runners exist: links deliver exec.run earlier
         self._stopping = False
         self.runs: dict[tuple[str, str], Run] = {}
         self.cancelled: set[str] = set()
@@ -80,6 +134,7 @@ class ExecutorService:
         links.register("exec.run", self.on_run)
         links.register("exec.status", self.on_status)
         links.register("exec.cancel", self.on_cancel)
+        links.register("exec.logs", self.on_logs)
 
     @property
     def busy(self) -> int:
@@ -93,26 +148,39 @@ class ExecutorService:
                                          initializer=_die_with_parent, initargs=(os.getpid(),))
         for _ in range(self.capacity):
             self._pool.submit(_warm)
+        self._entry = EntryPointRunner(self._pool, tasks.run_task)
+        for folder in (self.commands.scratch_root, self.bundles.root):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"MIRROR_NEURON_STATE_DIR: {folder} cannot be created ({e.strerror}); fix: make "
+                                  "the state directory writable by the daemon's user or point the variable "
+                                  "elsewhere") from None
+        # even with commands off: kill what a previous incarnation left; then start the reaper
+        reaped = self.commands.start()
+        if reaped:
+            log.warning("killed %d command process group(s) left by a previous run of this node", reaped)
         self._ready.set()
 
     async def stop(self) -> None:
         self._stopping = True  # refuse new runs: the coordinator puts them back to pending
-        for run in list(self.runs.values()):
-            if run.task is not None:
-                run.task.cancel()
+        tasks_ = [run.task for run in self.runs.values() if run.task is not None]
+        for t in tasks_:
+            t.cancel()  # a command run ends its process group before the cancellation returns
+        await asyncio.gather(*tasks_, return_exceptions=True)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.commands.close)
 
     # ---- mailboxes ------------------------------------------------------------------------------
     def on_run(self, frm: str, msg: Any) -> dict[str, Any]:
-        """``{job, epoch, owner, runs: [{agent, attempt, task, config, inputs, timeout}]}``"""
+        """``{job, epoch, owner, runs: [{agent, attempt, runner, task, config, slots, ...}]}``"""
         job_id = str(msg["job"])
         if self._stopping:
             raise RuntimeError(f"{self.node} is shutting down")
         accepted = []
         for req in msg["runs"]:
-            if req["task"] not in tasks.available():
-                raise LookupError(f"task {req['task']!r} is not installed on {self.node}")
+            self._check_runnable(req)
             key = (job_id, str(req["agent"]))
             old = self.runs.get(key)
             if old is not None and old.attempt >= int(req["attempt"]):
@@ -127,6 +195,13 @@ class ExecutorService:
         self.cancelled.discard(job_id)
         return {"accepted": accepted}
 
+    def _check_runnable(self, req: dict[str, Any]) -> None:
+        if req.get("runner") == "command":
+            if not self.commands_allowed:
+                raise LookupError(f"commands are off on {self.node} (MIRROR_NEURON_COMMANDS=off)")
+        elif req["task"] not in tasks.available():
+            raise LookupError(f"task {req['task']!r} is not installed on {self.node}")
+
     def on_status(self, frm: str, msg: Any) -> list[bool]:
         job_id = str(msg["job"])
         out = []
@@ -136,22 +211,62 @@ class ExecutorService:
         return out
 
     def on_cancel(self, frm: str, msg: Any) -> int:
+        """The job ended or was cancelled: drop queued runs, kill running command groups, and
+        remove the job's scratch directories once they are gone (its logs stay in Redis)."""
         job_id = str(msg["job"])
         self.cancelled.add(job_id)
         n = 0
+        running: list[asyncio.Task[None]] = []
         for (jid, _), run in list(self.runs.items()):
-            if jid == job_id and run.task is not None and not run.started:
-                run.task.cancel()
-                n += 1
+            if jid == job_id and run.task is not None:
+                if not run.started:
+                    run.task.cancel()
+                    n += 1
+                else:
+                    running.append(run.task)
+        asyncio.get_running_loop().create_task(self._end_job(job_id, running), name=f"end {job_id}")
         return n
+
+    async def _end_job(self, job_id: str, running: list[asyncio.Task[None]]) -> None:
+        await self.commands.cancel(job_id)
+        if running:
+            await asyncio.wait(running, timeout=30)
+        await asyncio.to_thread(self.commands.remove_job, job_id)
+
+    def on_logs(self, frm: str, msg: Any) -> dict[str, Any]:
+        """``{job, agent, attempt, offsets: {stdout, stderr}}`` -> the output of that attempt's
+        latest try on this node from those byte offsets (at most LOG_CHUNK per stream)."""
+        job_id, agent, attempt = str(msg["job"]), str(msg["agent"]), int(msg["attempt"])
+        offsets = msg.get("offsets") or {}
+        run = self.runs.get((job_id, agent))
+        out: dict[str, Any] = {"node": self.node, "running": run is not None and run.attempt == attempt,
+                               "try": None, "stdout": "", "stderr": "", "offsets": {}}
+        folder = self.commands.scratch_root / safe_name(job_id) / safe_name(agent)
+        tries = sorted(folder.glob(f"a{attempt}.*-*"), key=lambda p: int(p.name.split(".")[1].split("-")[0]))
+        if not tries:
+            return out
+        out["try"] = int(tries[-1].name.split(".")[1].split("-")[0])
+        for stream, name in (("stdout", STDOUT_FILE), ("stderr", STDERR_FILE)):
+            start = int(offsets.get(stream, 0) or 0)
+            try:
+                with open(tries[-1] / name, "rb") as f:
+                    f.seek(start)
+                    data = f.read(LOG_CHUNK)
+            except OSError:
+                data = b""
+            out[stream] = data.decode(errors="replace")
+            out["offsets"][stream] = start + len(data)
+        return out
 
     # ---- execution --------------------------------------------------------------------------------
     async def _execute(self, run: Run, req: dict[str, Any]) -> None:
         key = (run.job_id, run.agent)
         k = JobKeys(self.store, run.job_id)
+        slots = max(1, min(int(req.get("slots", 1) or 1), self.capacity))
         try:
             await self._ready.wait()
-            async with self._sem:
+            await self._slots.acquire(slots)
+            try:
                 if run.job_id in self.cancelled:
                     return
                 run.started = True
@@ -160,20 +275,14 @@ class ExecutorService:
                     log.info("not starting %s/%s attempt %d: no longer the current attempt of a running job",
                              run.job_id, run.agent, run.attempt)
                     return
-                loop = asyncio.get_running_loop()
-                assert self._pool is not None
-                t0 = time.monotonic()
-                try:
-                    fut = loop.run_in_executor(self._pool, tasks.run_task, req["task"], req["config"], req["inputs"])
-                    output = await asyncio.wait_for(fut, float(req.get("timeout", 3600)))
-                    outcome, err = "completed", ""
-                except TimeoutError:
-                    output, outcome, err = None, "failed", f"task timed out after {req.get('timeout')}s"
-                except Exception as e:
-                    output, outcome, err = None, "failed", f"{type(e).__name__}: {e}"[:500]
-                log.debug("ran %s/%s attempt %d in %.3fs: %s", run.job_id, run.agent, run.attempt,
-                          time.monotonic() - t0, outcome)
-            await self._store(run, k, output, outcome, err)
+                started_ms = int(time.time() * 1000)
+                result = await self._run(run, req)
+            finally:
+                self._slots.release(slots)
+            await self._save_attempt(run, k, req, result, started_ms)
+            if result.cancelled:
+                return
+            await self._store(run, k, outcome_of(run.agent, req, result, started_ms))
         except asyncio.CancelledError:
             pass
         except RedisUnavailable as e:
@@ -182,6 +291,49 @@ class ExecutorService:
         finally:
             if self.runs.get(key) is run:
                 del self.runs[key]
+
+    async def _run(self, run: Run, req: dict[str, Any]) -> RunResult:
+        """One dispatched attempt through its runner (retries of a command included)."""
+        t0 = time.monotonic()
+        if req.get("runner") == "command":
+            result = await self._run_command(run, req)
+        else:
+            assert self._entry is not None
+            config = dict(req["config"])
+            config.setdefault("timeout_seconds", float(req.get("timeout", 3600)))
+            message = {"body": req.get("inputs") or {}}
+            result = await self._entry.run(RunRequest(run.job_id, run.agent, config, message, attempt=run.attempt))
+        log.debug("ran %s/%s attempt %d in %.3fs: %s", run.job_id, run.agent, run.attempt,
+                  time.monotonic() - t0, "ok" if result.ok else result.reason)
+        return result
+
+    async def _run_command(self, run: Run, req: dict[str, Any]) -> RunResult:
+        sha = req.get("bundle")
+        bundle_dir = None
+        if sha:
+            try:
+                bundle_dir = await self.bundles.get(str(sha))
+            except RedisUnavailable:
+                raise  # not the bundle's fault: no result is stored and the coordinator replays the run
+            except (MirrorNeuronError, OSError) as e:
+                why = f"agent {run.agent}: bundle {str(sha)[:12]} unavailable on {self.node}: {e}"
+                return RunResult(False, {"exit_code": None, "stdout": "", "stderr": "", "attempts": 0,
+                                         "runner": "host_local", "node_name": self.node}, why)
+        message = envelope(run.job_id, run.agent, str(req.get("message_type") or "message"), req.get("body"),
+                           sender=str(req.get("sender") or "runtime"))
+        return await self.commands.run(RunRequest(
+            run.job_id, run.agent, req["config"], message, bundle_dir=bundle_dir,
+            template_type=str(req.get("template") or "generic"), attempt=run.attempt))
+
+    async def _save_attempt(self, run: Run, k: JobKeys, req: dict[str, Any], result: RunResult,
+                            started_ms: int) -> None:
+        """Best effort: the attempt's record for ``mn logs`` (a lost record loses no result)."""
+        rec = attempt_record(self.node, run.agent, run.attempt, req, result, started_ms, int(time.time() * 1000))
+        try:
+            await self.store.guard(self.store.r.hset(k.attempts, f"{run.agent}:{run.attempt}",
+                                                     json.dumps(rec, separators=(",", ":"))))
+        except RedisUnavailable as e:
+            log.info("attempt record of %s/%s not saved: %s", run.job_id, run.agent, e)
 
     async def _claim_start(self, run: Run, k: JobKeys) -> bool:
         """Count this start (``claim_start`` script) only if the attempt is still the dispatched
@@ -192,15 +344,17 @@ class ExecutorService:
             log.debug("claim of %s/%s attempt %d refused: %s", run.job_id, run.agent, run.attempt, res[1])
         return int(res[0]) == 1
 
-    async def _store(self, run: Run, k: JobKeys, output: Any, outcome: str, err: str) -> None:
+    async def _store(self, run: Run, k: JobKeys, out: Outcome) -> None:
         deadline = time.monotonic() + STORE_RETRY_S
-        payload = json.dumps(output, separators=(",", ":"))
+        payload = json.dumps(out.output, separators=(",", ":"))
+        events = [[t, json.dumps(d, separators=(",", ":"))] for t, d in out.events]
         backoff = Backoff(0.1, 1.0)
         while True:
             try:
                 res = await self.store.scripts.store_result(
-                    [k.job, k.agents, k.runs],
-                    [run.agent, run.attempt, self.node, payload, outcome, err],
+                    [k.job, k.agents, k.runs, k.events],
+                    [run.agent, run.attempt, self.node, payload, out.status, out.error,
+                     json.dumps(out.extra, separators=(",", ":")), json.dumps(events), EVENTS_MAXLEN],
                 )
                 break
             except RedisUnavailable:

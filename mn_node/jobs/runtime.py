@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from mn_node.aio import Signal
@@ -24,7 +25,8 @@ CALL_TIMEOUT = 3.0
 
 class JobRuntime:
     def __init__(self, node: str, store: Store, leases: LeaseManager, links: LinkManager,
-                 members: Membership, capacity: int, tick: float) -> None:
+                 members: Membership, capacity: int, tick: float, *, state_dir: Path,
+                 commands: bool = True, command_timeout_s: float = 3600.0) -> None:
         self.node = node
         self.store = store
         self.leases = leases
@@ -33,11 +35,13 @@ class JobRuntime:
         self.tick = tick
         self.capacity = capacity
         self.stale_after_ms = int(3 * tick * 1000 + 1000)
-        self.executor = ExecutorService(node, store, links, capacity)
+        self.executor = ExecutorService(node, store, links, capacity, state_dir=state_dir, commands=commands,
+                                        command_timeout_s=command_timeout_s)
         self.executor.local_done.connect(lambda msg: self._on_agent_done(node, msg))
         self.coordinators: dict[str, Coordinator] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._caps: dict[str, int] = {}
+        self._commands: set[str] = set()  # nodes whose registration says commands=on
         self._caps_at = 0.0
         # a coordinator of this node stopped (its job id): placement looks again at once
         self.coordinator_exited: Signal[[str]] = Signal("coordinator exited")
@@ -98,12 +102,19 @@ class JobRuntime:
                 regs = await read_all(self.store)
                 self._caps = {name: int(r.get("capacity", "1") or 1) for name, r in regs.items()
                               if redis_ms - int(r.get("refreshed_ms", "0") or 0) < self.stale_after_ms}
+                self._commands = {name for name, r in regs.items() if r.get("commands") == "on"}
                 self._caps_at = now
             except MirrorNeuronError:
                 pass
         caps = {n: self._caps[n] for n in self.members.up_names() if n in self._caps}
         caps[self.node] = self.capacity
         return caps
+
+    def allows_commands(self, node: str) -> bool:
+        """May ``node`` run command agents (MIRROR_NEURON_COMMANDS, from its registration)?"""
+        if node == self.node:
+            return self.executor.commands_allowed
+        return node in self._commands
 
     def healthy(self, node: str) -> bool:
         """Up on the links and, at the last look, refreshing its registration in Redis."""
@@ -121,6 +132,17 @@ class JobRuntime:
             return self.executor.on_status(self.node, msg)
         res = await self.links.call(node, "exec.status", msg, CALL_TIMEOUT)
         return [bool(x) for x in res]
+
+    async def exec_logs(self, node: str, job_id: str, agent_id: str, attempt: int,
+                        offsets: dict[str, int]) -> dict[str, Any]:
+        """The output of a command attempt on ``node`` from ``offsets`` (``{stdout, stderr}``
+        byte offsets): ``{node, running, try, stdout, stderr, offsets}``; pass the returned
+        offsets back to follow it. Raises ``LinkError`` when the node does not answer."""
+        msg = {"job": job_id, "agent": agent_id, "attempt": attempt, "offsets": dict(offsets)}
+        if node == self.node:
+            return self.executor.on_logs(self.node, msg)
+        res: dict[str, Any] = await self.links.call(node, "exec.logs", msg, CALL_TIMEOUT)
+        return res
 
     def exec_cancel(self, node: str, job_id: str) -> None:
         msg = {"job": job_id}

@@ -15,6 +15,11 @@ from mn_node.store import EVENTS_MAXLEN, Store, decode_event
 
 @dataclass
 class AgentState:
+    """One agent of a job (``{ns}:job:<id>:agents``). ``extra`` holds the other fields: for an
+    executor run ``dispatched_ms``, ``started_ms``, ``finished_ms``, ``duration_ms``,
+    ``exit_code``, ``tries``, ``runner``; structured stdout's ``complete_job``, ``emits`` and
+    ``next_state`` (JSON strings); ``skipped`` for an agent that received nothing."""
+
     status: str = "pending"  # pending | dispatched | completed | failed
     attempt: int = 0
     node: str = ""
@@ -45,6 +50,30 @@ class AgentState:
             d["error"] = self.error
         return json.dumps(d, separators=(",", ":"))
 
+    def _int(self, key: str) -> int | None:
+        v = self.extra.get(key)
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._int("exit_code")
+
+    @property
+    def started_ms(self) -> int | None:
+        return self._int("started_ms")
+
+    @property
+    def finished_ms(self) -> int | None:
+        return self._int("finished_ms")
+
+    def view(self) -> dict[str, Any]:
+        """The fields ``mn agents`` shows (the API adds the agent's type and its starts)."""
+        started, finished = self.started_ms, self.finished_ms
+        return {"status": self.status, "attempt": self.attempt, "node": self.node or None,
+                "exit_code": self.exit_code, "started_ms": started, "finished_ms": finished,
+                "duration_ms": finished - started if started is not None and finished is not None else None,
+                "error": self.error or None, "skipped": bool(self.extra.get("skipped"))}
+
 
 class JobKeys:
     def __init__(self, store: Store, job_id: str) -> None:
@@ -52,6 +81,7 @@ class JobKeys:
         self.agents = store.key("job", job_id, "agents")
         self.events = store.key("job", job_id, "events")
         self.runs = store.key("job", job_id, "runs")
+        self.attempts = store.key("job", job_id, "attempts")
 
 
 def new_job_id(graph_id: str) -> str:
@@ -131,6 +161,19 @@ async def list_jobs(store: Store, limit: int = 50, status: str | None = None) ->
 async def agent_states(store: Store, job_id: str) -> dict[str, AgentState]:
     raw = await store.guard(store.r.hgetall(store.key("job", job_id, "agents")))
     return {k: AgentState.decode(v) for k, v in raw.items() if not k.startswith("_")}
+
+
+async def attempt_records(store: Store, job_id: str) -> dict[str, dict[str, Any]]:
+    """Every finished attempt of the job's executors: ``"<agent>:<attempt>"`` -> record
+    (node, exit_code, tries, duration_ms, started_ms, finished_ms, reason, stdout, stderr tails)."""
+    raw = await store.guard(store.r.hgetall(store.key("job", job_id, "attempts")))
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in raw.items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            continue
+    return out
 
 
 async def job_events(store: Store, job_id: str, after: str = "-", count: int = 1000) -> list[dict[str, Any]]:

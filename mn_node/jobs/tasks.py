@@ -2,7 +2,8 @@
 
 A task is ``fn(config: dict, inputs: dict[str, Any]) -> JSON-serialisable``. Built in:
 ``prime_range`` (counts primes in [start, end)). Operators add tasks by installing a package
-that declares entry points in the group. There is no shell-command task.
+that declares entry points in the group. A bundle's ``command`` executors do not go through
+here: they run in the command runner (:mod:`mn_node.runners.command`).
 """
 
 from __future__ import annotations

@@ -247,6 +247,8 @@ class CommandRunner:
             "stderr_bytes": err.total_bytes if err else 0,
             "stdout_truncated": bool(out and out.truncated),
             "stderr_truncated": bool(err and err.truncated),
+            "stdout_file_truncated": bool(out and out.file_truncated),
+            "stderr_file_truncated": bool(err and err.file_truncated),
         }
 
     async def _attempt(self, request: RunRequest, local: int, of: int,

@@ -87,7 +87,8 @@ class CappedSink:
         self.caps = caps
         self.total = 0
         self.written = 0
-        self._file: IO[bytes] | None = open(path, "wb")
+        # unbuffered: each chunk read from the pipe is in the file at once (exec.logs follows it)
+        self._file: IO[bytes] | None = open(path, "wb", buffering=0)
         half = max(caps.keep_bytes // 2, 1)
         self._head_cap = half
         self._tail_cap = max(caps.keep_bytes - half, 1)
@@ -229,9 +230,9 @@ class GroupRegistry:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
 
     def record(self, pgid: int, label: str) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             started = psutil.Process(pgid).create_time()
         except psutil.Error:

@@ -75,8 +75,10 @@ def test_every_problem_is_collected_by_path(tmp_path: Path) -> None:
     got = set(paths(v.problems))
     assert {"graph_id", "nodes[1].config.upload_path", "nodes[1].config.workdir",
             "nodes[1].config.pass_env[1]", "nodes[1].config.max_attempts", "nodes[3].agent_type",
-            "nodes[4].agent_type", "edges[2].to_node", "edges[2].message_type",
-            "policies.recovery_mode"} <= got, [str(p) for p in v.problems]
+            "nodes[4].agent_type", "edges[2].to_node", "policies.recovery_mode"} <= got, \
+        [str(p) for p in v.problems]
+    # this project's own manifests leave message_type out: such an edge carries every message
+    assert "edges[2].message_type" in set(paths(v.warnings))
     text = "\n".join(map(str, v.problems))
     assert "node 's': agent_type 'sensor' is not supported" in text
     assert "router, executor, aggregator" in text

@@ -9,10 +9,12 @@ import pytest
 from mn_node.errors import DataError
 from mn_node.jobs import blueprints, reducers, tasks
 from mn_node.jobs.manifest import ManifestError, parse_text, validate
+from mn_node.jobs.reducers import REDUCERS
 from tests.support.primes import count_primes
 
 BASE = blueprints.prime_sweep_scale({"workers": 2})
 KNOWN = set(tasks.available())
+KNOWN_REDUCERS = set(REDUCERS)
 
 
 def broken(mutate):
@@ -24,9 +26,10 @@ def broken(mutate):
 @pytest.mark.parametrize(
     ("mutate", "path", "words"),
     [
+        (lambda m: m["nodes"][1].update(agent_type="blender"), "nodes[1].agent_type", "unknown agent type"),
         (lambda m: m["nodes"][1].update(agent_type="sensor"), "nodes[1].agent_type", "unknown agent type"),
         (lambda m: m["nodes"][1]["config"].update(task="nope"), "nodes[1].config.task", "unknown task 'nope'"),
-        (lambda m: m["nodes"][1]["config"].pop("task"), "nodes[1].config.task", "missing"),
+        (lambda m: m["nodes"][1]["config"].pop("task"), "nodes[1].config.command", "needs a command"),
         (lambda m: m["edges"].append({"from_node": "collector", "to_node": "ghost"}), "edges[5].to_node",
          "dangling edge"),
         (lambda m: m.pop("entrypoints"), "entrypoints", "missing"),
@@ -42,12 +45,37 @@ def broken(mutate):
 )
 def test_bad_manifest_names_the_field(mutate, path, words):
     with pytest.raises(ManifestError) as ei:
-        validate(broken(mutate), KNOWN)
+        validate(broken(mutate), KNOWN, KNOWN_REDUCERS)
     msg = str(ei.value)
     assert msg.startswith(path + ":"), msg
     assert words in msg
     assert "fix:" in msg
     assert "\n" not in msg
+    assert ei.value.problems and all("fix:" in p for p in ei.value.problems), ei.value.problems
+
+
+def test_every_problem_is_reported_at_once():
+    def two(m):
+        m["nodes"][1]["config"]["task"] = "nope"
+        m["policies"]["recovery_mode"] = "yolo"
+
+    with pytest.raises(ManifestError) as ei:
+        validate(broken(two), KNOWN, KNOWN_REDUCERS)
+    assert [p.split(":")[0] for p in ei.value.problems] == ["nodes[1].config.task", "policies.recovery_mode"]
+
+
+def test_the_original_format_and_a_bundle_sha_are_accepted():
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from tests.runners.test_examples import generate
+
+    with tempfile.TemporaryDirectory() as d:
+        raw = json.loads((generate(Path(d) / "b", 4) / "manifest.json").read_text())
+    m = validate(raw, KNOWN, KNOWN_REDUCERS, bundle="ab" * 32)
+    assert m.bundle == "ab" * 32 and m.has_commands and m.raw["bundle"] == "ab" * 32
+    assert validate(m.raw).raw == m.raw  # the stored spec validates to itself
 
 
 def test_yaml_and_json_parse_and_syntax_errors():
@@ -59,7 +87,7 @@ def test_yaml_and_json_parse_and_syntax_errors():
 
 @pytest.mark.parametrize(("workers", "expected"), [(4, 32), (60, 441)])
 def test_prime_sweep_known_answers_without_a_cluster(workers, expected):
-    m = validate(blueprints.prime_sweep_scale({"workers": workers}), KNOWN)
+    m = validate(blueprints.prime_sweep_scale({"workers": workers}), KNOWN, KNOWN_REDUCERS)
     outs = {aid: tasks.prime_range(a.config, {}) for aid, a in m.agents.items() if a.type == "executor"}
     collected = reducers.prime_collect(outs, {aid: "n1" for aid in outs})
     assert collected["prime_count"] == expected

@@ -89,6 +89,7 @@ class Cluster:
             "MIRROR_NEURON_API_BIND": node.host,
             "MIRROR_NEURON_DISCOVERY": "static",
             "MIRROR_NEURON_LOG_LEVEL": "INFO",
+            "MIRROR_NEURON_STATE_DIR": str(self.workdir / f"state-mn{node.index}"),
             "PYTHONUNBUFFERED": "1",
         })
         env.update(self.extra_env)
