@@ -88,7 +88,7 @@ async def jobs(request: web.Request) -> web.Response:
     return json_response({"jobs": await list_jobs(node.store, limit, request.query.get("status"))})
 
 
-async def _job_or_404(request: web.Request) -> tuple[str, dict[str, str]] | web.Response:
+async def job_or_404(request: web.Request) -> tuple[str, dict[str, str]] | web.Response:
     job_id = request.match_info["job_id"]
     if not _JOB_ID.match(job_id):
         return error(404, f"no job {job_id[:80]!r}", "list jobs with `mn jobs`")
@@ -99,7 +99,7 @@ async def _job_or_404(request: web.Request) -> tuple[str, dict[str, str]] | web.
 
 
 async def job(request: web.Request) -> web.Response:
-    found = await _job_or_404(request)
+    found = await job_or_404(request)
     if isinstance(found, web.Response):
         return found
     job_id, h = found
@@ -121,7 +121,7 @@ async def job(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    found = await _job_or_404(request)
+    found = await job_or_404(request)
     if isinstance(found, web.Response):
         return found
     job_id, h = found
@@ -149,7 +149,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    found = await _job_or_404(request)
+    found = await job_or_404(request)
     if isinstance(found, web.Response):
         return found
     job_id, _ = found
@@ -167,8 +167,13 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    # imported here: those modules use job_or_404 of this one
+    from mn_node.jobs import agents_api, bundle_api
+
     app.router.add_post("/api/v1/jobs", submit)
     app.router.add_get("/api/v1/jobs", jobs)
     app.router.add_get("/api/v1/jobs/{job_id}", job)
     app.router.add_get("/api/v1/jobs/{job_id}/events", events)
     app.router.add_post("/api/v1/jobs/{job_id}/cancel", cancel)
+    agents_api.add_routes(app)
+    bundle_api.add_routes(app)
