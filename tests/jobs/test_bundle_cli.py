@@ -195,3 +195,20 @@ def test_result_printer_shows_any_result() -> None:
     out = format_result(big)
     assert len(out.splitlines()) <= 41 and "4997 ... " not in out
     assert "... 4994 more ..." in out and "(10000 chars)" in out and "4999" in out
+
+
+def test_new_commands_complete(tmp_path: Path) -> None:
+    from tests.test_cli_surface import _bash_complete
+
+    script = mn("completion", "bash").stdout
+    assert set(_bash_complete(script, ["mn", "va"])) == {"validate"}
+    assert {"run", "agents", "logs"} <= set(_bash_complete(script, ["mn", ""]))
+    (tmp_path / "bundle_a").mkdir()
+    (tmp_path / "bundle_file").write_text("")
+    assert _bash_complete(script, ["mn", "run", "bund"], tmp_path) == ["bundle_a"]  # folders only
+    assert _bash_complete(script, ["mn", "validate", "bund"], tmp_path) == ["bundle_a"]
+    assert {"--wait", "--timeout", "--json"} <= set(_bash_complete(script, ["mn", "run", "--"]))
+    assert {"--follow", "--attempt"} <= set(_bash_complete(script, ["mn", "logs", "--"]))
+    assert _bash_complete(script, ["mn", "agents", "--status", "fa"]) == ["failed"]
+    zsh = mn("completion", "zsh").stdout
+    assert "'1:dir:_files -/'" in zsh
