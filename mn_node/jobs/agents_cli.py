@@ -152,6 +152,7 @@ def cmd_logs(api: Api, args: argparse.Namespace) -> int:
 def _agent_logs(api: Api, args: argparse.Namespace) -> int:
     seen: set[str] = set()
     live_of: int | None = None
+    streamed: set[int] = set()  # attempts whose output was printed live
     offsets = {"stdout": 0, "stderr": 0}
     while True:
         r = api.get(_logs_path(args.job_id, agent=args.agent, attempt=args.attempt,
@@ -164,10 +165,10 @@ def _agent_logs(api: Api, args: argparse.Namespace) -> int:
                 print(json.dumps(rec), flush=True)
             else:
                 # an attempt streamed live already showed its output: only its outcome now
-                print_attempt(rec, with_output=rec.get("attempt") != live_of)
+                print_attempt(rec, with_output=rec.get("attempt") not in streamed)
         running = r.get("running") if args.follow else None
         if isinstance(running, dict):
-            live_of = _print_live(running, live_of, offsets, args.json)
+            live_of = _print_live(running, live_of, offsets, args.json, streamed)
         sys.stdout.flush()
         done = r.get("job_status") in TERMINAL or (r.get("status") in ("completed", "failed") and not running)
         if not args.follow or done:
@@ -179,8 +180,10 @@ def _agent_logs(api: Api, args: argparse.Namespace) -> int:
         time.sleep(POLL_S)
 
 
-def _print_live(running: dict[str, Any], live_of: int | None, offsets: dict[str, int], as_json: bool) -> int | None:
-    """Print what a running attempt wrote since ``offsets``; returns the attempt followed."""
+def _print_live(running: dict[str, Any], live_of: int | None, offsets: dict[str, int], as_json: bool,
+                streamed: set[int]) -> int | None:
+    """Print what a running attempt wrote since ``offsets`` (adding it to ``streamed`` once
+    something was printed); returns the attempt followed."""
     attempt = running.get("attempt")
     if not isinstance(attempt, int):
         return live_of
@@ -195,6 +198,7 @@ def _print_live(running: dict[str, Any], live_of: int | None, offsets: dict[str,
     for stream, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
         text = live.get(stream)
         if isinstance(text, str) and text:
+            streamed.add(attempt)
             if as_json:
                 print(json.dumps({"attempt": attempt, "stream": stream, "text": text}), flush=True)
             else:

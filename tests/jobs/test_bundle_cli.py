@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +25,7 @@ from mn_node.bundles import archive
 from mn_node.config import api_token
 from mn_node.jobs.cli import format_result
 from tests.jobs._jobs import rclient, submit, wait_done
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,3 +214,46 @@ def test_new_commands_complete(tmp_path: Path) -> None:
     assert _bash_complete(script, ["mn", "agents", "--status", "fa"]) == ["failed"]
     zsh = mn("completion", "zsh").stdout
     assert "'1:dir:_files -/'" in zsh
+
+
+def test_logs_follow_waits_for_a_running_attempt_and_prints_its_outcome(make_cluster: Any) -> None:
+    c = make_cluster(1)
+    c.wait_leader()
+    r = mn("run", str(WORDCOUNT), "--json", api=c.nodes[0].api, cookie=c.cookie)
+    assert r.returncode == 0, r.stderr
+    jid = json.loads(r.stdout)["job_id"]
+    rc = rclient(c)
+    agents_key, attempts_key = f"{c.namespace}:job:{jid}:agents", f"{c.namespace}:job:{jid}:attempts"
+    rc.hset(agents_key, "count_harbor", json.dumps({"status": "dispatched", "attempt": 1, "node": c.nodes[0].name}))
+    status, body = c.get_status(1, f"/api/v1/jobs/{jid}/logs?agent=count_harbor")
+    assert status == 200 and body["running"]["attempt"] == 1 and body["attempts"] == [], body
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRROR_NEURON_")}
+    follower = subprocess.Popen([sys.executable, "-m", "mn_node.cli", "--api", c.nodes[0].api, "logs", jid,
+                                 "count_harbor", "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        # it shows the running attempt and keeps following while it runs
+        wait_until(lambda: any("running on" in ln for ln in lines), 15, "the running attempt's header")
+        assert follower.poll() is None
+        rc.hset(attempts_key, "count_harbor:1", json.dumps({
+            "agent": "count_harbor", "attempt": 1, "node": c.nodes[0].name, "exit_code": 0, "duration_ms": 25,
+            "stdout_tail": '{"words": 42}\n', "stderr_tail": ""}))
+        rc.hset(agents_key, "count_harbor", json.dumps({"status": "completed", "attempt": 1,
+                                                         "node": c.nodes[0].name, "exit_code": 0}))
+        follower.wait(20)
+        reader.join(5)
+        err = follower.stderr.read()
+        out = "".join(lines)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert follower.returncode == 0, err
+    assert "== attempt 1 running on" in out and "count_harbor attempt 1" in out and "exit 0" in out, out
+    assert '{"words": 42}' in out  # nothing was streamed live (no live output here): the tail is printed
+    row = next(a for a in json.loads(mn("agents", jid, "--json", api=c.nodes[0].api).stdout)
+               if a["agent"] == "count_harbor")
+    assert row["exit_code"] == 0 and row["duration_ms"] == 25 and row["type"] == "executor"
