@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -105,6 +106,10 @@ def test_https_with_a_self_signed_certificate(make_cluster: Any, tmp_path: Path)
     assert r.returncode == 69
     r = mn("--api", url, "cancel", "nope-1", env_extra={**ca, "MIRROR_NEURON_COOKIE": c.cookie})
     assert r.returncode == 69 and "no job" in r.stderr  # authenticated POST over TLS reached the route
+    # mn doctor trusts the same CA
+    r = mn("--api", url, "doctor", "--json", env_extra={**ca, "MIRROR_NEURON_COOKIE": c.cookie})
+    checks = {ch["name"]: ch for ch in json.loads(r.stdout)["checks"]}
+    assert checks["local-node"]["status"] == "ok", checks["local-node"]
     # the default URL: https when this box's own certificate is configured
     r = mn("nodes", env_extra={"MIRROR_NEURON_API_BIND": host, "MIRROR_NEURON_API_PORT": str(port),
                                "MIRROR_NEURON_API_TLS_CERT": str(cert)})
