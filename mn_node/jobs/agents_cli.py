@@ -56,7 +56,9 @@ def cmd_agents(api: Api, args: argparse.Namespace) -> int:
     counts: dict[str, int] = {}
     widths: list[int] | None = None
     shown = 0
+    status = ""
     for page in agent_pages(api, args.job_id, args.page_size):
+        status = str(page.get("status") or "")
         batch = sorted((a for a in page.get("agents", []) if not args.status or a.get("status") == args.status),
                        key=lambda a: str(a.get("agent")))
         for a in batch:
@@ -77,7 +79,13 @@ def cmd_agents(api: Api, args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return EX_OK
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    print(f"\n{shown} agents" + (f": {summary}" if summary else "") if shown else "no agents match")
+    if shown:
+        print(f"\n{shown} agents: {summary}")
+    elif args.status:
+        print(f"no agent is {args.status}")
+    else:
+        print(f"no agent has a state yet (the job is {status or 'unknown'}: its coordinator records them "
+              "when it starts)")
     return EX_OK
 
 

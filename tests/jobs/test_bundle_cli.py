@@ -100,6 +100,12 @@ def test_run_uploads_once_and_the_node_validates_the_stored_bundle(make_cluster:
     data, sha = archive.pack(WORDCOUNT)
     assert job["bundle"] == sha and job["progress"]["total"] == 6
     assert redis.Redis.from_url(c.redis_url).get(f"{c.namespace}:bundle:{sha}") == data
+    r = mn("agents", job["job_id"], api=api)  # the job has not started: no agent states yet
+    assert r.returncode == 0 and "no agent has a state yet" in r.stdout, (r.stdout, r.stderr)
+    # a bad bundle: every problem, nothing uploaded
+    r = mn("run", str(bad_bundle(tmp_path / "local")), api=api, cookie=c.cookie)
+    assert r.returncode == 65 and r.stderr.count("problem: ") >= 2, r.stderr
+    assert len(rclient(c).keys(f"{c.namespace}:bundle:*")) == 1
     # the second run finds the bundle stored: the node answers, the job is new
     r2 = mn("run", str(WORDCOUNT), "--json", api=c.nodes[1].api, cookie=c.cookie)
     assert r2.returncode == 0, r2.stderr
