@@ -263,3 +263,28 @@ def test_logs_follow_waits_for_a_running_attempt_and_prints_its_outcome(make_clu
     row = next(a for a in json.loads(mn("agents", jid, "--json", api=c.nodes[0].api).stdout)
                if a["agent"] == "count_harbor")
     assert row["exit_code"] == 0 and row["duration_ms"] == 25 and row["type"] == "executor"
+
+
+def test_agents_of_a_big_job_come_in_pages(make_cluster: Any) -> None:
+    c = make_cluster(1)
+    c.wait_leader()
+    r = mn("run", str(WORDCOUNT), "--json", api=c.nodes[0].api, cookie=c.cookie)
+    jid = json.loads(r.stdout)["job_id"]
+    n = 20_000
+    rc = rclient(c)
+    pipe = rc.pipeline(transaction=False)
+    for i in range(0, n, 1000):
+        pipe.hset(f"{c.namespace}:job:{jid}:agents", mapping={
+            f"w{k:06d}": json.dumps({"status": "completed" if k % 7 else "failed", "attempt": 1, "node": "mn1@x"})
+            for k in range(i, i + 1000)})
+    pipe.execute()
+    status, page = c.get_status(1, f"/api/v1/jobs/{jid}/agents?limit=300")
+    assert status == 200 and page["cursor"] != "0" and 0 < len(page["agents"]) <= 600, len(page["agents"])
+    r = mn("agents", jid, "--page-size", "1000", "--json", api=c.nodes[0].api)
+    assert r.returncode == 0, r.stderr
+    names = [a["agent"] for a in json.loads(r.stdout)]
+    assert len(names) == n and len(set(names)) == n
+    r = mn("agents", jid, "--status", "failed", api=c.nodes[0].api)
+    assert f"{len(range(0, n, 7))} agents: {len(range(0, n, 7))} failed" in r.stdout
+    counts = c.get(1, f"/api/v1/jobs/{jid}")["agents"]
+    assert counts == {"completed": n - len(range(0, n, 7)), "failed": len(range(0, n, 7))}
