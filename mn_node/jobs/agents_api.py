@@ -89,14 +89,19 @@ def decode_attempt(raw: str | None) -> dict[str, Any] | None:
 def agent_row(agent: str, st: AgentState, atype: str, rec: dict[str, Any] | None) -> dict[str, Any]:
     """One agent: its state, completed by its current attempt's record where the state lacks a field."""
     rec = rec or {}
-    extra = st.extra
-    started = extra.get("started_ms", rec.get("started_ms"))
-    finished = extra.get("finished_ms", rec.get("finished_ms"))
+
+    def field(name: str) -> Any:  # an AgentState attribute, or a key it kept in extra, or the record's
+        v = getattr(st, name, None)
+        v = st.extra.get(name) if v is None else v
+        return rec.get(name) if v is None else v
+
+    started = field("started_ms")
+    finished = field("finished_ms")
     duration = rec.get("duration_ms")
     if duration is None and isinstance(started, int) and isinstance(finished, int):
         duration = finished - started
     return {"agent": agent, "type": atype, "status": st.status, "attempt": st.attempt, "node": st.node or None,
-            "exit_code": extra.get("exit_code", rec.get("exit_code")), "duration_ms": duration,
+            "exit_code": field("exit_code"), "duration_ms": duration,
             "started_ms": started, "finished_ms": finished, "error": st.error or rec.get("error") or None}
 
 

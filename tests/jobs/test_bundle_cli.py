@@ -126,6 +126,14 @@ def test_run_uploads_once_and_the_node_validates_the_stored_bundle(make_cluster:
     assert not rclient(c).exists(f"{c.namespace}:bundle:{'0' * 64}")
     status, body = c.post_status(1, f"/api/v1/bundles/{'1' * 64}/jobs", {})
     assert status == 404 and "no bundle" in body["error"] and "PUT" in body["fix"], body
+    # past the API's 8 MiB body limit for JSON, within the bundle cap: stored whole
+    big = tmp_path / "big"
+    shutil.copytree(WORDCOUNT, big)
+    (big / "payloads" / "blob.bin").write_bytes(os.urandom(12 * 1024 * 1024))
+    r = mn("run", str(big), "--json", api=api, cookie=c.cookie)
+    assert r.returncode == 0, r.stderr
+    big_sha = json.loads(r.stdout)["bundle"]
+    assert len(redis.Redis.from_url(c.redis_url).get(f"{c.namespace}:bundle:{big_sha}") or b"") > 12 * 1024 * 1024
     # without the token: 401
     req = urllib.request.Request(api + f"/api/v1/bundles/{sha}", data=data, method="PUT")
     with pytest.raises(urllib.error.HTTPError) as e:
