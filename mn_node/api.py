@@ -1,5 +1,9 @@
 """HTTP API (aiohttp) on MIRROR_NEURON_API_BIND:MIRROR_NEURON_API_PORT.
 
+HTTPS when MIRROR_NEURON_API_TLS_CERT / _KEY are set (:func:`server_ssl_context`); beyond
+loopback the configuration refuses plain HTTP unless MIRROR_NEURON_API_INSECURE=1
+(:func:`mn_node.config.load_config`).
+
 Routes see a node only through :class:`NodeAPI` (implemented by :class:`mn_node.views.NodeView`),
 never the daemon itself.
 """
@@ -9,13 +13,23 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from mn_node.errors import EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, MirrorNeuronError, RedisUnavailable
+from mn_node.config import API_TLS_CERT_VAR, API_TLS_KEY_VAR, ApiTls
+from mn_node.errors import (
+    EX_DATAERR,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    ConfigError,
+    MirrorNeuronError,
+    RedisUnavailable,
+)
 from mn_node.metrics import CONTENT_TYPE
 from mn_node.store import Store
 
@@ -40,6 +54,9 @@ class NodeAPI(Protocol):
     def metrics(self) -> bytes: ...
     def kick_placement(self) -> None: ...
     def tell_owner_cancel(self, owner: str, job_id: str) -> None: ...
+    # the live output of a running command attempt, asked of the node that runs it
+    async def exec_logs(self, node: str, job_id: str, agent_id: str, attempt: int,
+                        offsets: dict[str, int]) -> dict[str, Any] | None: ...
 
 
 log = logging.getLogger("mn_node.api")
@@ -150,7 +167,23 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=request.app[NODE_KEY].metrics(), headers={"Content-Type": CONTENT_TYPE})
 
 
+def server_ssl_context(tls: ApiTls) -> ssl.SSLContext | None:
+    """The API's TLS context (TLS 1.2+), or None for plain HTTP; a bad certificate or key is a
+    :class:`ConfigError` (exit 78) naming the variables."""
+    if not tls.enabled:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"{API_TLS_CERT_VAR} / {API_TLS_KEY_VAR}: cannot load {tls.cert} with {tls.key} ({e}); "
+                          "fix: give a PEM certificate and its matching unencrypted private key") from None
+    return ctx
+
+
 def build_app(node: NodeAPI, extra: Callable[[web.Application], None] | None = None) -> web.Application:
+    # bodies past 8 MiB are refused, except a bundle upload, which reads its stream with its own cap
     app = web.Application(middlewares=[errors_and_auth], client_max_size=8 * 1024 * 1024)
     app[NODE_KEY] = node
     app.router.add_get("/api/v1/health", health)

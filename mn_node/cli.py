@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "completion":
         return cmd_completion(args)
     try:
+        if getattr(args, "local", False):  # works on this machine only (mn validate)
+            return int(args.handler(None, args))
         api = Api(args.api or default_api(), token_for(args.token, args.env_file), args.timeout or DEFAULT_TIMEOUT)
         return int(args.handler(api, args))
     except MirrorNeuronError as e:

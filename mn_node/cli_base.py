@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -16,8 +17,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
 
-from mn_node.config import DEFAULT_API_PORT, DEFAULT_ENV_FILE, api_token, parse_env_file
-from mn_node.errors import EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, MirrorNeuronError
+from mn_node.config import (
+    API_CA_VAR,
+    API_TLS_CERT_VAR,
+    DEFAULT_API_PORT,
+    DEFAULT_ENV_FILE,
+    api_token,
+    parse_env_file,
+)
+from mn_node.errors import EX_CONFIG, EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, MirrorNeuronError
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -25,6 +33,8 @@ DEFAULT_TIMEOUT = 5.0
 ENVIRONMENT = (
     ("MIRROR_NEURON_API_URL", "node API base URL when --api is not given"),
     ("MIRROR_NEURON_API_BIND / _API_PORT", f"else the API is http://BIND:PORT (default 127.0.0.1:{DEFAULT_API_PORT})"),
+    ("MIRROR_NEURON_API_TLS_CERT", "set: that default URL is https:// and this certificate is trusted"),
+    ("MIRROR_NEURON_API_CA", "a CA (PEM) to trust for https:// API URLs, besides the system's"),
     ("MIRROR_NEURON_API_TOKEN", "bearer token when --token is not given"),
     ("MIRROR_NEURON_COOKIE / _COOKIE_FILE", "else the token is derived from the cluster cookie"),
 )
@@ -54,7 +64,29 @@ def default_api() -> str:
     host = os.environ.get("MIRROR_NEURON_API_BIND", "127.0.0.1")
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return f"http://{host}:{os.environ.get('MIRROR_NEURON_API_PORT', str(DEFAULT_API_PORT))}"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if os.environ.get(API_TLS_CERT_VAR, "").strip() else "http"
+    return f"{scheme}://{host}:{os.environ.get('MIRROR_NEURON_API_PORT', str(DEFAULT_API_PORT))}"
+
+
+def client_ssl_context() -> ssl.SSLContext:
+    """What ``mn`` and ``mn-tui`` trust for https:// API URLs: the system's CAs, plus
+    MIRROR_NEURON_API_CA (a private CA) and the node's own certificate when
+    MIRROR_NEURON_API_TLS_CERT is readable here (a self-signed one on the same box)."""
+    ctx = ssl.create_default_context()
+    for var in (API_CA_VAR, API_TLS_CERT_VAR):
+        path = os.environ.get(var, "").strip()
+        if not path:
+            continue
+        try:
+            ctx.load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as e:
+            if var == API_CA_VAR:
+                raise CliError(f"{var}: cannot load {path} ({e}); fix: point it at a PEM CA certificate",
+                               EX_CONFIG) from None
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a trusted leaf (self-signed) is enough
+    return ctx
 
 
 def _cookie_from_env_file(env_file: str | None) -> tuple[str | None, str | None]:
@@ -95,10 +127,15 @@ def http_error(method: str, path: str, e: urllib.error.HTTPError) -> CliError:
         payload = json.loads(e.read() or b"{}")
     except ValueError:
         payload = {}
+    if not isinstance(payload, dict):
+        payload = {}
     reason = payload.get("error") or e.reason
     fix = payload.get("fix")
     msg = f"{method} {path}: {e.code} {reason}" + (f"; fix: {fix}" if fix else "")
-    codes = {400: EX_DATAERR, 401: EX_USAGE, 404: EX_UNAVAILABLE, 503: EX_UNAVAILABLE}
+    problems = payload.get("problems")
+    if isinstance(problems, list) and len(problems) > 1:  # every problem, one per line
+        msg += "".join(f"\n  {p}" for p in problems)
+    codes = {400: EX_DATAERR, 401: EX_USAGE, 404: EX_UNAVAILABLE, 413: EX_DATAERR, 503: EX_UNAVAILABLE}
     return CliError(msg, codes.get(e.code, EX_UNAVAILABLE))
 
 
@@ -111,29 +148,39 @@ class Api:
         self.base = base.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.ssl = client_ssl_context() if self.base.startswith("https://") else None
+
+    def open(self, req: urllib.request.Request, timeout: float) -> Any:
+        """``urlopen`` with this API's TLS trust (the caller closes the answer)."""
+        return urllib.request.urlopen(req, timeout=timeout, context=self.ssl)  # noqa: S310 (scheme checked)
 
     def unreachable(self, why: object) -> CliError:
         return CliError(
             f"no mirror-neuron node answers at {self.base} ({why}); "
-            "fix: start it (systemctl start mirror-neuron) or pass --api http://HOST:4000",
+            "fix: start it (systemctl start mirror-neuron) or pass --api http(s)://HOST:4000 "
+            "(https: trust its CA with MIRROR_NEURON_API_CA)",
             EX_UNAVAILABLE,
         )
 
-    def request(self, method: str, path: str, body: Any = None, timeout: float | None = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
+    def request(self, method: str, path: str, body: Any = None, timeout: float | None = None,
+                raw: bytes | None = None) -> Any:
+        """One call; ``body`` is sent as JSON, or ``raw`` as bytes (application/octet-stream)."""
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)  # noqa: S310 (scheme checked)
         req.add_header("Accept", "application/json")
         if data is not None:
-            req.add_header("Content-Type", "application/json")
+            req.add_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
         if self.token and method != "GET":
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:  # noqa: S310
+            with self.open(req, timeout or self.timeout) as r:
                 return json.loads(r.read() or b"null")
         except urllib.error.HTTPError as e:
             raise http_error(method, path, e) from None
         except urllib.error.URLError as e:
             raise self.unreachable(getattr(e, "reason", e)) from None
+        except (ConnectionError, ssl.SSLError) as e:
+            raise self.unreachable(e) from None
         except TimeoutError:
             raise CliError(
                 f"{self.base} did not answer within {timeout or self.timeout:g}s; fix: retry, or pass a larger "

@@ -192,6 +192,7 @@ class Config:
     dist_bind: str = ""
     api_bind: str = "127.0.0.1"
     api_port: int = DEFAULT_API_PORT
+    api_tls: ApiTls = field(default_factory=lambda: ApiTls("", "", False))
     discovery: frozenset[str] = DISCOVERY_SOURCES
     lease_ttl_ms: int = 2500
     renew_interval_ms: int = 500
@@ -221,6 +222,12 @@ class Config:
     def bind_host(self) -> str:
         return self.dist_bind or self.me.host
 
+    @property
+    def api_url(self) -> str:
+        scheme = "https" if self.api_tls.enabled else "http"
+        host = f"[{self.api_bind}]" if ":" in self.api_bind else self.api_bind
+        return f"{scheme}://{host}:{self.api_port}"
+
     def fingerprint(self) -> str:
         """Hash of what every box must agree on (node list, Redis URL, cookie hash)."""
         h = hashlib.blake2b(digest_size=8, person=b"mn-config-fp")
@@ -239,6 +246,8 @@ class Config:
             "dist_port": self.me.port,
             "api_bind": self.api_bind,
             "api_port": self.api_port,
+            "api_url": self.api_url,
+            "api_insecure": self.api_tls.insecure,
             "redis_url": redact_url(self.redis_url) if self.redis_url else None,
             "redis_namespace": self.namespace,
             "discovery": sorted(self.discovery),
@@ -459,6 +468,67 @@ def _log_level(env: Mapping[str, str]) -> str:
     return level
 
 
+# ---- API transport: HTTPS beyond loopback ----------------------------------------------------
+API_TLS_CERT_VAR = ENV_PREFIX + "API_TLS_CERT"
+API_TLS_KEY_VAR = ENV_PREFIX + "API_TLS_KEY"
+API_INSECURE_VAR = ENV_PREFIX + "API_INSECURE"
+API_CA_VAR = ENV_PREFIX + "API_CA"  # read by the clients (mn, mn-tui): a private CA to trust
+
+
+@dataclass(frozen=True)
+class ApiTls:
+    """How the API serves: ``cert``/``key`` paths (PEM) for HTTPS, or plain HTTP. ``insecure``:
+    the operator allowed plain HTTP beyond loopback (MIRROR_NEURON_API_INSECURE=1)."""
+
+    cert: str
+    key: str
+    insecure: bool
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+
+def is_loopback_bind(host: str) -> bool:
+    """True when ``host`` (an address or a name) only ever means this machine's loopback."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+def _api_tls(env: Mapping[str, str], api_bind: str) -> tuple[ApiTls, list[str]]:
+    """The API's TLS settings; refuses plain HTTP beyond loopback unless explicitly allowed."""
+    cert = env.get(API_TLS_CERT_VAR, "").strip()
+    key = env.get(API_TLS_KEY_VAR, "").strip()
+    raw_insecure = env.get(API_INSECURE_VAR, "").strip().lower()
+    if raw_insecure not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise ConfigError(f"{API_INSECURE_VAR}: {raw_insecure!r} is not 0 or 1; fix: set it to 1 or leave it unset")
+    insecure = raw_insecure in ("1", "true", "yes")
+    if bool(cert) != bool(key):
+        missing = API_TLS_KEY_VAR if cert else API_TLS_CERT_VAR
+        raise ConfigError(f"{missing}: not set while {API_TLS_CERT_VAR if cert else API_TLS_KEY_VAR} is; "
+                          "fix: set both (PEM certificate and its private key) or neither")
+    for var, path in ((API_TLS_CERT_VAR, cert), (API_TLS_KEY_VAR, key)):
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"{var}: {path} is missing or unreadable; fix: point it at a readable PEM file")
+    warnings: list[str] = []
+    if not cert and not is_loopback_bind(api_bind):
+        if not insecure:
+            raise ConfigError(
+                f"MIRROR_NEURON_API_BIND: {api_bind} is beyond loopback and the API would serve plain HTTP "
+                f"(its bearer token lets anyone run commands on every box); fix: set {API_TLS_CERT_VAR} and "
+                f"{API_TLS_KEY_VAR} (PEM files), or bind 127.0.0.1, or set {API_INSECURE_VAR}=1 to accept the risk")
+        warnings.append(f"{API_INSECURE_VAR}=1: the API serves plain HTTP on {api_bind}, beyond loopback; "
+                        f"anyone on the network can read the bearer token; set {API_TLS_CERT_VAR}/_KEY instead")
+    return ApiTls(cert, key, insecure), warnings
+
+
 def load_config(
     environ: Mapping[str, str] | None = None,
     env_file: str | None = None,
@@ -481,6 +551,7 @@ def load_config(
             f"MIRROR_NEURON_API_PORT: {api_port} is also this node's dist port; "
             "fix: use different ports (defaults: API 4000, dist 4370)"
         )
+    api_tls, tls_warnings = _api_tls(env, api_bind)
     redis_url = _redis_url(env, require_redis)
     discovery = _discovery(env)
     namespace = _namespace(env)
@@ -489,11 +560,11 @@ def load_config(
     commands, command_timeout = _commands(env)
     return Config(
         cookie=cookie, nodes=tuple(sorted(nodes)), me=me, redis_url=redis_url, namespace=namespace,
-        dist_bind=dist_bind, api_bind=api_bind, api_port=api_port, discovery=discovery,
+        dist_bind=dist_bind, api_bind=api_bind, api_port=api_port, api_tls=api_tls, discovery=discovery,
         lease_ttl_ms=ttl, renew_interval_ms=renew, link_tick_ms=tick, link_timeout_ms=timeout,
         executor_capacity=capacity, state_dir=_state_dir(env), commands=commands, command_timeout_s=command_timeout,
         log_level=_log_level(env), env_file=env_file,
-        warnings=tuple(_cookie_warnings(cookie)),
+        warnings=tuple(_cookie_warnings(cookie) + tls_warnings),
     )
 
 

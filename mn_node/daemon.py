@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from mn_node import __version__
-from mn_node.api import build_app
+from mn_node.api import build_app, server_ssl_context
 from mn_node.config import Config, load_config
 from mn_node.discovery import MdnsDiscovery, StaticDiscovery
 from mn_node.errors import (
@@ -87,13 +87,14 @@ class Node:
         self._start_loops()
         self.status.up = True
         self.notifier.ready(f"listening on {cfg.bind_host}:{cfg.me.port}, API {cfg.api_bind}:{cfg.api_port}")
-        log.info("mn-node %s up as %s (incarnation %s), link %s:%d, API http://%s:%d",
-                 __version__, cfg.name, p.incarnation, cfg.bind_host, cfg.me.port, cfg.api_bind, cfg.api_port)
+        log.info("mn-node %s up as %s (incarnation %s), link %s:%d, API %s",
+                 __version__, cfg.name, p.incarnation, cfg.bind_host, cfg.me.port, cfg.api_url)
 
     async def _bind_api(self) -> None:
+        tls = server_ssl_context(self.cfg.api_tls)
         self.runner = web.AppRunner(build_app(self.view, add_job_routes), access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.cfg.api_bind, self.cfg.api_port, reuse_address=True)
+        site = web.TCPSite(self.runner, self.cfg.api_bind, self.cfg.api_port, reuse_address=True, ssl_context=tls)
         try:
             await site.start()
         except OSError as e:

@@ -145,3 +145,13 @@ class NodeView:
 
     def tell_owner_cancel(self, owner: str, job_id: str) -> None:
         self._parts.jobs.tell_owner_cancel(owner, job_id)
+
+    async def exec_logs(self, node: str, job_id: str, agent_id: str, attempt: int,
+                        offsets: dict[str, int]) -> dict[str, Any] | None:
+        """The live output of a running command attempt (the runtime asks ``node``); None when
+        the node does not answer."""
+        try:
+            res = await self._parts.jobs.exec_logs(node, job_id, agent_id, attempt, offsets)
+        except MirrorNeuronError:
+            return None
+        return res if isinstance(res, dict) else None

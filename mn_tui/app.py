@@ -25,6 +25,7 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
+from mn_node.errors import MirrorNeuronError
 from mn_tui import fmt
 from mn_tui.client import ApiError
 from mn_tui.model import BoxState, ClusterState, DoctorReport, JobsState, Member
@@ -100,6 +101,10 @@ HelpScreen, ConfirmKill { align: center middle; }
 #confirm-buttons { height: auto; margin-top: 1; }
 #confirm-buttons Button { margin-right: 1; }
 JobScreen #job-progress { height: auto; padding: 0 1; }
+JobScreen .agents { display: none; }
+JobScreen .agents.shown { display: block; }
+JobScreen #job-agents { max-height: 12; }
+JobScreen #job-stderr { height: auto; padding: 0 1; }
 DoctorPane { padding: 0 1; }
 """
 
@@ -479,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="mn-tui", description="Live terminal UI for a MirrorNeuron cluster.")
     p.add_argument("--api", default=default_api(),
-                   help="node API URL (default: $MIRROR_NEURON_API_URL or http://127.0.0.1:4000)")
+                   help="node API URL, http:// or https:// (default: $MIRROR_NEURON_API_URL or "
+                        "http://127.0.0.1:4000; $MIRROR_NEURON_API_CA: a CA to trust for https)")
     p.add_argument("--refresh", type=float, default=2.0, metavar="SECONDS", help="poll interval (default 2)")
     p.add_argument("--readonly", action="store_true", help="disable actions that change anything (kill)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
@@ -495,7 +501,11 @@ def main(argv: list[str] | None = None) -> int:
         print("mn-tui: --refresh must be between 0.1 and 3600 seconds", file=sys.stderr)
         return 64
     timeout = args.timeout or request_timeout(args.refresh)
-    provider = LiveProvider(args.api, timeout=timeout, dist_port=args.dist_port)
+    try:
+        provider = LiveProvider(args.api, timeout=timeout, dist_port=args.dist_port)
+    except MirrorNeuronError as e:  # e.g. MIRROR_NEURON_API_CA names no readable CA
+        print(f"mn-tui: {e}", file=sys.stderr)
+        return e.exit_code
     MnTui(provider, refresh=args.refresh, readonly=args.readonly).run()
     return 0
 

@@ -7,9 +7,12 @@ poll in flight is cancelled cleanly when the app quits or a newer poll replaces 
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 import aiohttp
+
+from mn_node.cli_base import client_ssl_context
 
 
 class ApiError(Exception):
@@ -35,6 +38,8 @@ class ApiClient:
     def __init__(self, base: str, timeout: float = 3.0) -> None:
         self.base = base.rstrip("/")
         self.timeout = timeout
+        # https:// URLs: the system's CAs plus MIRROR_NEURON_API_CA (as for mn)
+        self.ssl: ssl.SSLContext | bool = client_ssl_context() if self.base.startswith("https://") else True
         self._session: aiohttp.ClientSession | None = None
 
     def _sess(self) -> aiohttp.ClientSession:
@@ -49,7 +54,7 @@ class ApiClient:
         """GET ``path``; the decoded JSON body when the status is in ``ok``, else HttpError."""
         url = self.base + path
         try:
-            async with self._sess().get(url) as r:
+            async with self._sess().get(url, ssl=self.ssl) as r:
                 raw = await r.read()
                 body: Any
                 try:

@@ -9,11 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from mn_tui.model import (
+    AgentRow,
+    AgentsPage,
     BoxState,
     ClusterState,
     DoctorCheck,
     DoctorReport,
     Event,
+    FailingAgent,
     Health,
     Job,
     JobDetail,
@@ -112,6 +115,38 @@ def job_events(job_id: str) -> list[Event]:
     return out
 
 
+def agent_pages() -> dict[str, dict[str, AgentsPage]]:
+    """Two pages of the agents of the failed job job-7f31 (keyed by job id, then cursor); one
+    worker failed with exit 3 and its stderr tail is shown."""
+    def a(agent: str, typ: str, status: str, attempt: int, node: str, code: int | None = None,
+          ms: int | None = None) -> AgentRow:
+        return AgentRow(agent, typ, status, attempt, f"{node}@10.0.0.1{node[-1]}" if node else "", code, ms)
+
+    first = [
+        a("dispatcher", "router", "completed", 1, "mn3"),
+        a("prime_worker_0001", "executor", "completed", 1, "mn1", 0, 312),
+        a("prime_worker_0002", "executor", "completed", 1, "mn2", 0, 298),
+        a("prime_worker_0003", "executor", "completed", 2, "mn4", 0, 12_480),
+        a("prime_worker_0004", "executor", "failed", 3, "mn2", 3, 41),
+        a("prime_worker_0005", "executor", "dispatched", 1, "mn4"),
+    ]
+    second = [
+        a("prime_worker_0006", "executor", "pending", 0, ""),
+        a("prime_worker_0007", "executor", "pending", 0, ""),
+        a("prime_worker_0008", "executor", "pending", 0, ""),
+        a("collector", "aggregator", "pending", 0, ""),
+        a("summarizer", "executor", "pending", 0, ""),
+    ]
+    failing = FailingAgent("prime_worker_0004", 3, 3, (
+        "starting chunk 1000303..1000402",
+        "Traceback (most recent call last):",
+        '  File "scripts/check_prime_range.py", line 41, in <module>',
+        "    out.write(json.dumps(result))",
+        "OSError: [Errno 28] No space left on device",
+    ))
+    return {"job-7f31": {"0": AgentsPage(first, "17", 11, failing), "17": AgentsPage(second, "0", 11)}}
+
+
 def box() -> BoxState:
     return BoxState(
         NOW,
@@ -154,6 +189,8 @@ class StaticProvider:
     jobs_state: JobsState = field(default_factory=lambda: JobsState(NOW, True, jobs()))
     box_state: BoxState = field(default_factory=box)
     doctor_report: DoctorReport = field(default_factory=doctor)
+    # job id -> cursor -> page; empty: the node has no agents API (the job view shows events only)
+    agent_pages: dict[str, dict[str, AgentsPage]] = field(default_factory=dict)
     killed: list[tuple[int, int]] = field(default_factory=list)
 
     async def cluster(self) -> ClusterState:
@@ -162,9 +199,9 @@ class StaticProvider:
     async def jobs(self) -> JobsState:
         return self.jobs_state
 
-    async def job(self, job_id: str) -> JobDetail:
+    async def job(self, job_id: str, cursor: str = "0") -> JobDetail:
         job = next((j for j in self.jobs_state.jobs if j.job_id == job_id), None)
-        return JobDetail(NOW, job, job_events(job_id))
+        return JobDetail(NOW, job, job_events(job_id), agents=self.agent_pages.get(job_id, {}).get(cursor))
 
     async def box(self, cluster: ClusterState | None) -> BoxState:
         return self.box_state

@@ -208,12 +208,61 @@ class JobsState:
     error: str = ""
 
 
+@dataclass(frozen=True)
+class AgentRow:
+    """One agent of a job (``/api/v1/jobs/<id>/agents``); None where the node reports nothing."""
+
+    agent: str
+    type: str
+    status: str
+    attempt: int
+    node: str
+    exit_code: int | None = None
+    duration_ms: int | None = None
+    error: str = ""
+
+    @classmethod
+    def from_api(cls, d: dict[str, Any]) -> AgentRow:
+        code = d.get("exit_code")
+        dur = d.get("duration_ms")
+        return cls(agent=str(d.get("agent", "?")), type=str(d.get("type") or "-"), status=str(d.get("status") or "?"),
+                   attempt=_int(d.get("attempt")), node=str(d.get("node") or ""),
+                   exit_code=code if isinstance(code, int) else None,
+                   duration_ms=int(dur) if isinstance(dur, (int, float)) else None, error=str(d.get("error") or ""))
+
+    @property
+    def failing(self) -> bool:
+        return self.status == "failed" or (self.exit_code is not None and self.exit_code != 0)
+
+
+@dataclass(frozen=True)
+class FailingAgent:
+    """The last lines of a failing agent's stderr (its latest finished attempt)."""
+
+    agent: str
+    attempt: int
+    exit_code: int | None
+    lines: tuple[str, ...]
+
+
+@dataclass
+class AgentsPage:
+    """One page of a job's agents; ``cursor`` "0" = the last page."""
+
+    rows: list[AgentRow]
+    cursor: str = "0"
+    total: int = 0
+    failing: FailingAgent | None = None
+    error: str = ""
+
+
 @dataclass
 class JobDetail:
     fetched_at: float
     job: Job | None
     events: list[Event] = field(default_factory=list)
     error: str = ""
+    agents: AgentsPage | None = None  # None: the node has no agents API (nothing is shown)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import os
 import signal
 import time
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import psutil
 
@@ -16,10 +16,13 @@ from mn_tui.client import ApiClient, ApiError, HttpError
 from mn_tui.doctor import run_doctor
 from mn_tui.localbox import DEFAULT_DIST_PORT, scan_box
 from mn_tui.model import (
+    AgentRow,
+    AgentsPage,
     BoxState,
     ClusterState,
     DoctorReport,
     Event,
+    FailingAgent,
     Health,
     Job,
     JobDetail,
@@ -27,6 +30,9 @@ from mn_tui.model import (
     Leader,
     Member,
 )
+
+AGENTS_PAGE = 20  # agents asked per page in the job view
+STDERR_LINES = 6  # last lines shown of a failing agent's stderr
 
 
 class NodeUnreachable(ApiError):
@@ -39,7 +45,7 @@ class Provider(Protocol):
 
     async def cluster(self) -> ClusterState: ...
     async def jobs(self) -> JobsState: ...
-    async def job(self, job_id: str) -> JobDetail: ...
+    async def job(self, job_id: str, cursor: str = "0") -> JobDetail: ...
     async def box(self, cluster: ClusterState | None) -> BoxState: ...
     async def doctor(self) -> DoctorReport: ...
     async def kill(self, pid: int, sig: int) -> str: ...
@@ -98,16 +104,15 @@ class LiveProvider:
         rows = body.get("jobs", []) if isinstance(body, dict) else []
         return JobsState(time.time(), True, [Job.from_api(j) for j in rows if isinstance(j, dict)])
 
-    async def job(self, job_id: str) -> JobDetail:
-        from urllib.parse import quote
-
+    async def job(self, job_id: str, cursor: str = "0") -> JobDetail:
         jid = quote(job_id, safe="")
         res = await asyncio.gather(self.client.get(f"/api/v1/jobs/{jid}"),
-                                   self.client.get(f"/api/v1/jobs/{jid}/events"), return_exceptions=True)
+                                   self.client.get(f"/api/v1/jobs/{jid}/events"),
+                                   self.agents(jid, cursor), return_exceptions=True)
         for r in res:
             if isinstance(r, BaseException) and not isinstance(r, ApiError):
                 raise r
-        body, evs = res
+        body, evs, agents = res
         if isinstance(body, BaseException):
             raise body
         if not isinstance(body, dict):
@@ -116,7 +121,38 @@ class LiveProvider:
         if isinstance(evs, dict):
             events = [Event.from_api(e) for e in evs.get("events", []) if isinstance(e, dict)]
         err = str(evs) if isinstance(evs, ApiError) else ""
-        return JobDetail(time.time(), Job.from_api(body), events, err)
+        page = agents if isinstance(agents, AgentsPage) or agents is None else AgentsPage([], error=str(agents))
+        return JobDetail(time.time(), Job.from_api(body), events, err, page)
+
+    async def agents(self, jid: str, cursor: str) -> AgentsPage | None:
+        """One page of the job's agents and the stderr tail of the first failing one; None
+        from a node without the agents API."""
+        try:
+            body = await self.client.get(f"/api/v1/jobs/{jid}/agents?cursor={quote(cursor)}&limit={AGENTS_PAGE}")
+        except HttpError as e:
+            if e.status in (404, 405) and not (isinstance(e.body, dict) and "no job" in str(e.body.get("error"))):
+                return None
+            raise
+        raw = body.get("agents", []) if isinstance(body, dict) else []
+        rows = sorted((AgentRow.from_api(a) for a in raw if isinstance(a, dict)), key=lambda a: a.agent)
+        page = AgentsPage(rows, str(body.get("cursor", "0")), int(body.get("total") or 0))
+        bad = next((a for a in rows if a.failing), None)
+        if bad is not None:
+            try:
+                page.failing = await self.failing(jid, bad)
+            except ApiError as e:
+                page.error = f"stderr of {bad.agent}: {e}"
+        return page
+
+    async def failing(self, jid: str, agent: AgentRow) -> FailingAgent:
+        body = await self.client.get(f"/api/v1/jobs/{jid}/logs?agent={quote(agent.agent, safe='')}")
+        attempts = [a for a in (body.get("attempts") or []) if isinstance(a, dict)] if isinstance(body, dict) else []
+        last = attempts[-1] if attempts else {}
+        lines = str(last.get("stderr_tail") or "").rstrip("\n").splitlines()[-STDERR_LINES:]
+        code = last.get("exit_code", agent.exit_code)
+        attempt = last.get("attempt", agent.attempt)
+        return FailingAgent(agent.agent, attempt if isinstance(attempt, int) else agent.attempt,
+                            code if isinstance(code, int) else None, tuple(lines))
 
     async def box(self, cluster: ClusterState | None) -> BoxState:
         members = None if cluster is None or "nodes" in cluster.errors else cluster.members

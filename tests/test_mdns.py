@@ -169,6 +169,7 @@ def start_node(net: Net, k: int, cookie_value: str, redis_url: str, redis_namesp
         "MIRROR_NEURON_REDIS_URL": redis_url,
         "MIRROR_NEURON_REDIS_NAMESPACE": redis_namespace,
         "MIRROR_NEURON_API_BIND": node.host,
+        "MIRROR_NEURON_API_INSECURE": "1",  # plain HTTP on the namespace address (test network)
         "MIRROR_NEURON_DISCOVERY": "mdns",
         "MIRROR_NEURON_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",

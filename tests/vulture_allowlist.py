@@ -35,6 +35,7 @@ _.action_refresh
 _.action_help
 _.action_filter
 _.action_clear_filter
+_.action_page  # mn-tui job view: n/p page through the agents (Textual binding)
 _.on_cluster_polled
 _.on_jobs_polled
 _.on_box_polled

@@ -164,6 +164,7 @@ def build_context(
             raw_port = env.get("MIRROR_NEURON_API_PORT", "").strip()
             port = cfg.api_port if cfg else int(raw_port) if raw_port.isdigit() else DEFAULT_API_PORT
             shown = f"[{host}]" if ":" in host else host
-            target = ApiTarget(f"http://{shown}:{port}", host, port, False)
+            tls = bool(cfg and cfg.api_tls.enabled)  # the node serves HTTPS (MIRROR_NEURON_API_TLS_CERT)
+            target = ApiTarget(f"{'https' if tls else 'http'}://{shown}:{port}", host, port, tls)
     return Context(env=env, env_file=used_file, env_file_error=file_error, cfg=cfg, cfg_error=cfg_error,
                    api=target, timeout=timeout, verbose=verbose)

@@ -13,13 +13,13 @@ import errno
 import json
 import re
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from mn_node.cli_base import client_ssl_context  # what mn trusts: system CAs + MIRROR_NEURON_API_CA
 from mn_node.errors import AuthError, LinkError, ProtocolError, VersionError
 from mn_node.link.codec import HEADER, MAX_HANDSHAKE_FRAME
 from mn_node.link.crypto import Identity, Initiator
@@ -100,7 +100,7 @@ async def tcp_connect(
     t0 = time.monotonic()
     try:
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, ssl=ssl.create_default_context() if use_ssl else None),
+            asyncio.open_connection(host, port, ssl=client_ssl_context() if use_ssl else None),
             timeout,
         )
     except TimeoutError:

@@ -14,6 +14,7 @@ from mn_node.jobs import blueprints
 from mn_node.jobs.manifest import ManifestError
 from mn_node.jobs.state import (
     TERMINAL,
+    AgentState,
     JobKeys,
     agent_states,
     cancel_job,
@@ -24,6 +25,7 @@ from mn_node.jobs.state import (
 )
 from mn_node.jobs.submit import submit_job
 from mn_node.leases import Holder
+from mn_node.store import Store
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 _STREAM_ID = re.compile(r"^([0-9]{1,20})(?:-([0-9]{1,20}))?$")
@@ -92,7 +94,7 @@ async def jobs(request: web.Request) -> web.Response:
     return json_response({"jobs": await list_jobs(node.store, limit, request.query.get("status"))})
 
 
-async def _job_or_404(request: web.Request) -> tuple[str, dict[str, str]] | web.Response:
+async def job_or_404(request: web.Request) -> tuple[str, dict[str, str]] | web.Response:
     job_id = request.match_info["job_id"]
     if not _JOB_ID.match(job_id):
         return error(404, f"no job {job_id[:80]!r}", "list jobs with `mn jobs`")
@@ -102,19 +104,32 @@ async def _job_or_404(request: web.Request) -> tuple[str, dict[str, str]] | web.
     return job_id, h
 
 
+async def status_counts(store: Store, job_id: str) -> dict[str, int]:
+    """Agents per status, read a thousand states at a time (HSCAN): a big job's states are
+    never held at once."""
+    counts: dict[str, int] = {}
+    key = JobKeys(store, job_id).agents
+    cursor = 0
+    while True:
+        cursor, raw = await store.guard(store.r.hscan(key, cursor, count=1000))
+        for aid, value in raw.items():
+            if not aid.startswith("_"):
+                status = AgentState.decode(value).status
+                counts[status] = counts.get(status, 0) + 1
+        if not cursor:
+            return counts
+
+
 async def job(request: web.Request) -> web.Response:
-    found = await _job_or_404(request)
+    found = await job_or_404(request)
     if isinstance(found, web.Response):
         return found
     job_id, h = found
     node = _node(request)
     view = job_view(h, with_spec=request.query.get("manifest") == "1")
-    states = await agent_states(node.store, job_id)
-    counts: dict[str, int] = {}
-    for st in states.values():
-        counts[st.status] = counts.get(st.status, 0) + 1
-    view["agents"] = counts
-    if request.query.get("agents") == "1":
+    view["agents"] = await status_counts(node.store, job_id)
+    if request.query.get("agents") == "1":  # every agent at once: for tests and small jobs
+        states = await agent_states(node.store, job_id)
         runs = await node.store.guard(node.store.r.hgetall(JobKeys(node.store, job_id).runs))
         view["agent_states"] = {aid: {"status": st.status, "attempt": st.attempt, "node": st.node,
                                       "runs": int(runs.get(aid, 0)), "error": st.error or None}
@@ -125,7 +140,7 @@ async def job(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    found = await _job_or_404(request)
+    found = await job_or_404(request)
     if isinstance(found, web.Response):
         return found
     job_id, h = found
@@ -153,7 +168,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    found = await _job_or_404(request)
+    found = await job_or_404(request)
     if isinstance(found, web.Response):
         return found
     job_id, _ = found
@@ -171,8 +186,13 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    # imported here: those modules use job_or_404 of this one
+    from mn_node.jobs import agents_api, bundle_api
+
     app.router.add_post("/api/v1/jobs", submit)
     app.router.add_get("/api/v1/jobs", jobs)
     app.router.add_get("/api/v1/jobs/{job_id}", job)
     app.router.add_get("/api/v1/jobs/{job_id}/events", events)
     app.router.add_post("/api/v1/jobs/{job_id}/cancel", cancel)
+    agents_api.add_routes(app)
+    bundle_api.add_routes(app)

@@ -1,4 +1,5 @@
-"""Job commands of ``mn``: submit, jobs, job, events, cancel."""
+"""Job commands of ``mn``: submit, jobs, job, events, cancel; validate and run
+(:mod:`mn_node.jobs.bundle_cli`), agents and logs (:mod:`mn_node.jobs.agents_cli`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mn_node.cli_base import Api, CliError, add_json_flag, http_error, table
-from mn_node.errors import EX_DATAERR, EX_FAILED, EX_OK, EX_USAGE, MirrorNeuronError
+from mn_node.errors import EX_DATAERR, EX_FAILED, EX_OK, EX_TEMPFAIL, EX_USAGE, MirrorNeuronError
 from mn_node.jobs.manifest import parse_text
 
 TERMINAL = ("completed", "failed", "cancelled")
@@ -40,8 +41,11 @@ def _job_id_type(commands: Mapping[str, Any]) -> Callable[[str], str]:
 
 
 def register(sub: Any) -> None:
-    """Add submit, jobs, job, events and cancel to the ``mn`` subcommand table ``sub``."""
+    """Add the job commands to the ``mn`` subcommand table ``sub``."""
+    from mn_node.jobs import agents_cli, bundle_cli
+
     job_id = _job_id_type(sub.choices)
+    bundle_cli.register(sub)
     s = sub.add_parser("submit", help="submit a job: a blueprint (prime_sweep_scale) or -f manifest.yaml")
     s.add_argument("blueprint", nargs="?", help="blueprint name, e.g. prime_sweep_scale")
     s.add_argument("-f", "--file", metavar="FILE", help="a manifest file (JSON or YAML) instead of a blueprint")
@@ -71,6 +75,7 @@ def register(sub: Any) -> None:
     s.add_argument("job_id", type=job_id, metavar="JOB_ID", help="the job's id (mn jobs lists them)")
     add_json_flag(s)
     s.set_defaults(handler=cmd_cancel)
+    agents_cli.register(sub, job_id)
 
 
 def cmd_submit(api: Api, args: argparse.Namespace) -> int:
@@ -97,7 +102,7 @@ def cmd_submit(api: Api, args: argparse.Namespace) -> int:
             jid = job["job_id"]
             print(f"submitted {jid} ({job['progress']['total']} agents); follow it with: mn job {jid}")
         return EX_OK
-    job = _follow(api, job["job_id"], show=not args.json)
+    job = follow(api, job["job_id"], show=not args.json)
     if args.json:
         print(json.dumps(job, indent=2))
     return EX_OK if job["status"] == "completed" else EX_FAILED
@@ -109,11 +114,18 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * fill + "-" * (width - fill) + f"] {done}/{total}"
 
 
-def _follow(api: Api, job_id: str, show: bool) -> dict[str, Any]:
+def follow(api: Api, job_id: str, show: bool, deadline: float | None = None) -> dict[str, Any]:
+    """Poll the job until it ends (a progress line when ``show``); past ``deadline``
+    (monotonic) a :class:`CliError` exit 75 (the job goes on)."""
     tty = show and sys.stdout.isatty()
     last_line = ""
     misses = 0
     while True:
+        if deadline is not None and time.monotonic() > deadline:
+            if tty:
+                print()
+            raise CliError(f"job {job_id} has not ended in the time given; fix: follow it with mn job {job_id}, "
+                           "or wait longer (--timeout)", EX_TEMPFAIL)
         try:
             job: dict[str, Any] = api.get(f"/api/v1/jobs/{job_id}")
             misses = 0
@@ -142,15 +154,50 @@ def _follow(api: Api, job_id: str, show: bool) -> dict[str, Any]:
 
 def _print_result(job: dict[str, Any]) -> None:
     res = job.get("result")
-    if job["status"] == "completed" and isinstance(res, dict):
-        for k in ("prime_count", "checked_numbers", "chunks", "first_primes", "last_primes", "per_node_chunks"):
-            if k in res:
-                v = res[k]
-                if isinstance(v, list) and len(v) > 6:
-                    v = f"{v[:3]} ... {v[-3:]}"
-                print(f"  {k:16} {v}")
-    elif job.get("error"):
+    if job["status"] == "completed" and res is not None:
+        print("  result:")
+        for line in format_result(res).splitlines():
+            print(f"    {line}")
+    if job.get("error"):
         print(f"  error: {job['error']}")
+
+
+RESULT_MAX_LINES = 40
+RESULT_MAX_CHARS = 4000
+
+
+def format_result(res: Any) -> str:
+    """Any job result as pretty JSON; a large one summarized (long lists cut to their ends,
+    long strings cut, deep objects folded) so it fits a screen. ``--json`` prints it whole."""
+    text = json.dumps(res, indent=2, default=str)
+    if len(text) <= RESULT_MAX_CHARS and text.count("\n") < RESULT_MAX_LINES:
+        return text
+    text = json.dumps(_summarize(res, 0), indent=2, default=str)
+    lines = text.splitlines()
+    if len(lines) > RESULT_MAX_LINES:
+        lines = [*lines[:RESULT_MAX_LINES], f"... ({len(lines) - RESULT_MAX_LINES} more lines; --json prints it all)"]
+    return "\n".join(lines)
+
+
+def _summarize(v: Any, depth: int) -> Any:
+    if isinstance(v, str) and len(v) > 200:
+        return v[:120] + f"... ({len(v)} chars)"
+    if isinstance(v, list):
+        if depth >= 2:
+            return f"[{len(v)} items]"
+        if len(v) > 6:
+            return [*(_summarize(x, depth + 1) for x in v[:3]), f"... {len(v) - 6} more ...",
+                    *(_summarize(x, depth + 1) for x in v[-3:])]
+        return [_summarize(x, depth + 1) for x in v]
+    if isinstance(v, dict):
+        if depth >= 2:
+            return f"{{{len(v)} keys}}"
+        items = list(v.items())
+        out = {str(k): _summarize(x, depth + 1) for k, x in items[:20]}
+        if len(items) > 20:
+            out["..."] = f"{len(items) - 20} more keys"
+        return out
+    return v
 
 
 def cmd_jobs(api: Api, args: argparse.Namespace) -> int:
@@ -179,7 +226,7 @@ def cmd_job(api: Api, args: argparse.Namespace) -> int:
             print(f"{job['job_id']}  {job['status']}  {_bar(p['done'], p['total'])}  owner {job.get('owner') or '-'}")
             _print_result(job)
         return EX_OK
-    job = _follow(api, args.job_id, show=True)
+    job = follow(api, args.job_id, show=True)
     return EX_OK if job["status"] == "completed" else EX_FAILED
 
 
@@ -202,7 +249,7 @@ def cmd_events(api: Api, args: argparse.Namespace) -> int:
     path = f"/api/v1/jobs/{args.job_id}/events?follow=1"
     req = urllib.request.Request(api.base + path)  # noqa: S310 (scheme checked by Api)
     try:
-        with urllib.request.urlopen(req, timeout=3600) as r:  # noqa: S310
+        with api.open(req, 3600) as r:
             for line in r:
                 ev = json.loads(line)
                 print(json.dumps(ev) if args.json else _fmt_event(ev), flush=True)

@@ -163,19 +163,6 @@ async def agent_states(store: Store, job_id: str) -> dict[str, AgentState]:
     return {k: AgentState.decode(v) for k, v in raw.items() if not k.startswith("_")}
 
 
-async def attempt_records(store: Store, job_id: str) -> dict[str, dict[str, Any]]:
-    """Every finished attempt of the job's executors: ``"<agent>:<attempt>"`` -> record
-    (node, exit_code, tries, duration_ms, started_ms, finished_ms, reason, stdout, stderr tails)."""
-    raw = await store.guard(store.r.hgetall(store.key("job", job_id, "attempts")))
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in raw.items():
-        try:
-            out[key] = json.loads(value)
-        except ValueError:
-            continue
-    return out
-
-
 async def job_events(store: Store, job_id: str, after: str = "-", count: int = 1000) -> list[dict[str, Any]]:
     start = "(" + after if after not in ("-", "0", "") else "-"
     raw = await store.guard(store.r.xrange(store.key("job", job_id, "events"), min=start, count=count))

@@ -1,4 +1,6 @@
-"""Jobs: status, owner, progress, executors per node; Enter drills into a job's events."""
+"""Jobs: status, owner, progress, executors per node; Enter drills into a job: its events and,
+from nodes with the agents API, its agents (a page at a time) and the last lines of a failing
+agent's stderr."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from textual.widgets import Footer, Static
 
 from mn_tui import fmt
 from mn_tui.client import ApiError
-from mn_tui.model import Job, JobDetail, JobsState
+from mn_tui.model import AgentRow, AgentsPage, Job, JobDetail, JobsState
 from mn_tui.panes._base import Table, View, count_note
 
 COLUMNS = ("job", "name", "status", "owner", "epoch", "progress", "executors per node", "updated")
@@ -77,12 +79,35 @@ class JobsPane(Vertical):
 
 
 EVENT_COLUMNS = ("time", "type", "node", "epoch", "details")
+AGENT_COLUMNS = ("agent", "type", "status", "try", "node", "exit", "duration")
+
+
+def agent_cells(a: AgentRow) -> list[str | Text]:
+    exit_code = "—" if a.exit_code is None else str(a.exit_code)
+    return [a.agent, a.type, fmt.status(a.status), str(a.attempt) if a.attempt else "—",
+            short_node(a.node) or "—", Text(exit_code, style="bold red" if a.failing and a.exit_code else ""),
+            fmt.ms(a.duration_ms)]
+
+
+def failing_text(page: AgentsPage) -> Text:
+    t = Text()
+    f = page.failing
+    if f is not None:
+        code = "—" if f.exit_code is None else f.exit_code
+        t.append(f"✗ {f.agent} attempt {f.attempt}, exit {code}: ", style="bold red")
+        t.append("last lines of stderr" if f.lines else "no stderr", style="dim")
+        for line in f.lines:
+            t.append("\n  " + line[:300], style="red")
+    if page.error:
+        t.append(("\n" if f is not None else "") + page.error, style="yellow")
+    return t
 
 
 class JobScreen(Screen[None]):
     """One job: header, progress, executors per node, its events (live)."""
 
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("q", "app.pop_screen", "Back", show=False)]
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("q", "app.pop_screen", "Back", show=False),
+                Binding("n", "page(1)", "Next agents"), Binding("p", "page(-1)", "Previous agents")]
 
     class Loaded(Message):
         def __init__(self, detail: JobDetail | None, error: str) -> None:
@@ -93,7 +118,7 @@ class JobScreen(Screen[None]):
         def can_replace(self, message: Message) -> bool:
             return isinstance(message, JobScreen.Loaded)
 
-    def __init__(self, job_id: str, fetch: Callable[[str], Awaitable[JobDetail]], interval: float,
+    def __init__(self, job_id: str, fetch: Callable[[str, str], Awaitable[JobDetail]], interval: float,
                  view: Callable[[], View]) -> None:
         super().__init__()
         self.job_id = job_id
@@ -102,20 +127,47 @@ class JobScreen(Screen[None]):
         self.view = view
         self._timer: Timer | None = None
         self.detail: JobDetail | None = None
+        self.cursors = ["0"]  # the agents pages seen: HSCAN cursors, the last one shown
 
     def compose(self) -> ComposeResult:
         yield Static(f"job {self.job_id}: loading…", id="job-head", classes="summary")
         yield Static("", id="job-progress")
+        # shown once the node answers with agents (nodes without the agents API: events only)
+        yield Static("", id="job-agents-title", classes="agents title")
+        yield Table(AGENT_COLUMNS, id="job-agents").add_class("agents")
+        yield Static("", id="job-stderr", classes="agents")
         yield Table(EVENT_COLUMNS, id="job-events")
         yield Footer()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action != "page":
+            return True
+        page = self.detail.agents if self.detail is not None else None
+        if page is None:
+            return False  # hidden: no agents shown
+        forward = parameters and parameters[0] == 1
+        return True if (page.cursor != "0" if forward else len(self.cursors) > 1) else None
+
+    def action_page(self, step: int) -> None:
+        page = self.detail.agents if self.detail is not None else None
+        if page is None:
+            return
+        if step > 0 and page.cursor != "0":
+            self.cursors.append(page.cursor)
+        elif step < 0 and len(self.cursors) > 1:
+            self.cursors.pop()
+        else:
+            return
+        self.load()
+
     def on_mount(self) -> None:
+        self.query_one("#job-events", Table).focus()  # the hidden agents table cannot take it
         self.load()
 
     @work(exclusive=True, group="job")
     async def load(self) -> None:
         try:
-            detail = await self.fetch(self.job_id)
+            detail = await self.fetch(self.job_id, self.cursors[-1])
             self.post_message(self.Loaded(detail, ""))
         except ApiError as e:
             self.post_message(self.Loaded(None, str(e)))
@@ -124,6 +176,22 @@ class JobScreen(Screen[None]):
                 if self._timer is not None:
                     self._timer.stop()
                 self._timer = self.set_timer(self.interval, self.load)
+
+    def _render_agents(self, page: AgentsPage | None, view: View) -> None:
+        for w in self.query(".agents"):
+            w.set_class(page is not None, "shown")
+        if page is None:
+            return
+        agents = self.query_one("#job-agents", Table)
+        if not agents.has_class("seen"):  # first shown: arrow keys move through the agents
+            agents.add_class("seen")
+            agents.focus()
+        n = len(self.cursors)
+        more = "more: n" if page.cursor != "0" else "last page"
+        title = f"agents · page {n} · {len(page.rows)} shown of {page.total} · {more}" + (" · back: p" if n > 1 else "")
+        self.query_one("#job-agents-title", Static).update(title)
+        agents.set_rows([(a.agent, agent_cells(a)) for a in page.rows], view)
+        self.query_one("#job-stderr", Static).update(failing_text(page))
 
     def on_job_screen_loaded(self, msg: Loaded) -> None:
         if not self.is_attached or not self.is_current:
@@ -149,11 +217,13 @@ class JobScreen(Screen[None]):
         if msg.detail.error:
             p.append(f"\nevents: {msg.detail.error}", style="yellow")
         self.query_one("#job-progress", Static).update(p)
+        self._render_agents(msg.detail.agents, view)
+        self.refresh_bindings()
         rows = []
         for ev in reversed(msg.detail.events):
             rows.append((ev.id, [fmt.clock(ev.ts_ms / 1000, view.tfn), ev.type, short_node(ev.node),
                                  "—" if ev.epoch is None else str(ev.epoch), ev.summary()]))
-        self.query_one(Table).set_rows(rows, view)
+        self.query_one("#job-events", Table).set_rows(rows, view)
 
 
 def _brief(v: Any) -> str:

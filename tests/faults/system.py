@@ -120,6 +120,7 @@ class NodeSet:
             "MIRROR_NEURON_REDIS_URL": self.redis_url,
             "MIRROR_NEURON_REDIS_NAMESPACE": self.namespace,
             "MIRROR_NEURON_API_BIND": node.addr,
+            "MIRROR_NEURON_API_INSECURE": "1",  # plain HTTP on the namespace address (test network)
             "MIRROR_NEURON_DISCOVERY": "static",
             "MIRROR_NEURON_EXECUTOR_CAPACITY": str(self.capacity),
             "MIRROR_NEURON_LOG_LEVEL": "INFO",

@@ -68,3 +68,27 @@ def test_screen(snap_compare: Any, screen: str, size: str) -> None:
 def test_jobs_api_missing(snap_compare: Any, size: str) -> None:
     app = make_app(jobs_state=JobsState(fixed_clock(), False, [], "jobs API not available on this node"))
     assert snap_compare(app, terminal_size=SIZES[size], run_before=keys("3"))
+
+
+def _job_agents_open(a: MnTui) -> bool:
+    detail = getattr(a.screen, "detail", None)
+    return type(a.screen).__name__ == "JobScreen" and detail is not None and detail.agents is not None
+
+
+AGENT_SCREENS: dict[str, Callable[[Pilot[Any]], Any]] = {
+    # the failed job (third row): its agents, first page, and the failing worker's stderr tail
+    "job_agents": keys("3", "down", "down", "enter", until=_job_agents_open),
+    "job_agents_page2": keys("3", "down", "down", "enter", "n",
+                             until=lambda a: _job_agents_open(a)
+                             and a.screen.cursors == ["0", "17"]  # type: ignore[attr-defined]
+                             and a.screen.detail.agents.cursor == "0"),  # type: ignore[attr-defined]
+}
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("screen", AGENT_SCREENS)
+def test_job_agents(snap_compare: Any, screen: str, size: str) -> None:
+    from mn_tui.fixtures import agent_pages
+
+    assert snap_compare(make_app(agent_pages=agent_pages()), terminal_size=SIZES[size],
+                        run_before=AGENT_SCREENS[screen])

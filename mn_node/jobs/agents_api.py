@@ -1,0 +1,201 @@
+"""Agent and log routes of the HTTP API (``mn agents``, ``mn logs``, the TUI's job view).
+
+* ``GET /api/v1/jobs/<id>/agents?cursor=C&limit=N``: one page of the job's agents (``HSCAN``
+  of ``{ns}:job:<id>:agents``, so a 100k-agent job is never read at once): agent, type,
+  status, attempt, node, exit code, duration. ``cursor`` in the answer is ``"0"`` after the
+  last page.
+* ``GET /api/v1/jobs/<id>/logs?agent=A[&attempt=N][&stdout_offset=B&stderr_offset=B]``: the
+  finished attempts of agent A (``{ns}:job:<id>:attempts``, field ``<agent>:<attempt>``: exit
+  code, duration, stdout and stderr tails) and, while A runs, its live output asked of the
+  node that runs it (``live``; the offsets are the bytes of each stream already seen).
+  Without ``agent``: one page (``cursor``/``limit``) of every finished attempt of the job.
+
+A field an attempt record or an agent state lacks is ``null``; the clients print ``-``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Any
+
+from aiohttp import web
+
+from mn_node.api import NODE_KEY, NodeAPI, error, json_response
+from mn_node.jobs.api import job_or_404
+from mn_node.jobs.state import AgentState
+from mn_node.store import Store
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 200
+MAX_CANDIDATES = 500  # attempt records looked up for one agent
+_SPEC_CACHE: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
+_SPEC_CACHE_SIZE = 16
+
+
+def _node(request: web.Request) -> NodeAPI:
+    return request.app[NODE_KEY]
+
+
+def attempts_key(store: Store, job_id: str) -> str:
+    return store.key("job", job_id, "attempts")
+
+
+def agent_specs(job_id: str, spec_json: str | None) -> dict[str, tuple[str, int]]:
+    """agent id -> (agent type, tries per dispatch) from the job's stored manifest; cached (a
+    job's manifest never changes), so paging a big job does not parse it per page."""
+    cached = _SPEC_CACHE.get(job_id)
+    if cached is not None:
+        _SPEC_CACHE.move_to_end(job_id)
+        return cached
+    out: dict[str, tuple[str, int]] = {}
+    try:
+        spec = json.loads(spec_json or "{}")
+    except ValueError:
+        spec = {}
+    for n in spec.get("nodes", []) if isinstance(spec, dict) else []:
+        if isinstance(n, dict) and isinstance(n.get("node_id"), str):
+            config = n.get("config") if isinstance(n.get("config"), dict) else {}
+            tries = config.get("max_attempts", 1) if isinstance(config, dict) else 1
+            out[n["node_id"]] = (str(n.get("agent_type") or "-"),
+                                 tries if isinstance(tries, int) and 0 < tries <= 100 else 1)
+    _SPEC_CACHE[job_id] = out
+    while len(_SPEC_CACHE) > _SPEC_CACHE_SIZE:
+        _SPEC_CACHE.popitem(last=False)
+    return out
+
+
+def _page_args(request: web.Request) -> tuple[int, int] | web.Response:
+    try:
+        cursor = int(request.query.get("cursor", "0") or 0)
+        limit = int(request.query.get("limit", str(DEFAULT_PAGE)))
+    except ValueError:
+        return error(400, "cursor and limit must be integers", f"use ?cursor=0&limit=1..{MAX_PAGE}")
+    if cursor < 0 or not 1 <= limit <= MAX_PAGE:
+        return error(400, f"cursor {cursor} / limit {limit} out of range", f"use ?cursor=0&limit=1..{MAX_PAGE}")
+    return cursor, limit
+
+
+def decode_attempt(raw: str | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return {"error": "unreadable attempt record"}
+    return rec if isinstance(rec, dict) else {"error": "unreadable attempt record"}
+
+
+def agent_row(agent: str, st: AgentState, atype: str, rec: dict[str, Any] | None) -> dict[str, Any]:
+    """One agent: its state, completed by its current attempt's record where the state lacks a field."""
+    rec = rec or {}
+
+    def field(name: str) -> Any:  # an AgentState attribute, or a key it kept in extra, or the record's
+        v = getattr(st, name, None)
+        v = st.extra.get(name) if v is None else v
+        return rec.get(name) if v is None else v
+
+    started = field("started_ms")
+    finished = field("finished_ms")
+    duration = rec.get("duration_ms")
+    if duration is None and isinstance(started, int) and isinstance(finished, int):
+        duration = finished - started
+    return {"agent": agent, "type": atype, "status": st.status, "attempt": st.attempt, "node": st.node or None,
+            "exit_code": field("exit_code"), "duration_ms": duration,
+            "started_ms": started, "finished_ms": finished, "error": st.error or rec.get("error") or None}
+
+
+async def agents(request: web.Request) -> web.Response:
+    found = await job_or_404(request)
+    if isinstance(found, web.Response):
+        return found
+    job_id, h = found
+    page = _page_args(request)
+    if isinstance(page, web.Response):
+        return page
+    store = _node(request).store
+    cursor, raw = await store.guard(store.r.hscan(store.key("job", job_id, "agents"), page[0], count=page[1]))
+    states = {k: AgentState.decode(v) for k, v in raw.items() if not k.startswith("_")}
+    names = sorted(states)
+    recs: list[str | None] = []
+    if names:
+        fields = [f"{a}:{states[a].attempt}" for a in names]
+        recs = await store.guard(store.r.hmget(attempts_key(store, job_id), fields))
+    specs = agent_specs(job_id, h.get("spec"))
+    rows = [agent_row(a, states[a], specs.get(a, ("-", 1))[0], decode_attempt(r))
+            for a, r in zip(names, recs, strict=True)]
+    return json_response({"job_id": job_id, "status": h.get("status"), "agents": rows, "cursor": str(cursor),
+                          "total": int(h.get("agents_total", "0") or 0)})
+
+
+def _offsets(request: web.Request) -> dict[str, int] | web.Response:
+    out: dict[str, int] = {}
+    for stream in ("stdout", "stderr"):
+        raw = request.query.get(f"{stream}_offset", "0") or "0"
+        if not raw.isdigit():
+            return error(400, f"{stream}_offset: {raw[:40]!r} is not a byte offset", "use a whole number >= 0")
+        out[stream] = int(raw)
+    return out
+
+
+async def _all_attempts(request: web.Request, job_id: str, h: dict[str, str]) -> web.Response:
+    page = _page_args(request)
+    if isinstance(page, web.Response):
+        return page
+    store = _node(request).store
+    cursor, raw = await store.guard(store.r.hscan(attempts_key(store, job_id), page[0], count=page[1]))
+    recs = [_with_key(k, decode_attempt(v)) for k, v in raw.items()]
+    recs.sort(key=lambda r: (str(r.get("agent")), _int(r.get("attempt"))))
+    return json_response({"job_id": job_id, "status": h.get("status"), "attempts": recs, "cursor": str(cursor)})
+
+
+def _with_key(field: str, rec: dict[str, Any] | None) -> dict[str, Any]:
+    """A record with ``agent``/``attempt`` filled from its field name when it lacks them."""
+    out = dict(rec or {})
+    agent, _, attempt = field.rpartition(":")
+    out.setdefault("agent", agent)
+    out.setdefault("attempt", int(attempt) if attempt.isdigit() else attempt)
+    return out
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) else 0
+
+
+async def logs(request: web.Request) -> web.Response:
+    found = await job_or_404(request)
+    if isinstance(found, web.Response):
+        return found
+    job_id, h = found
+    agent = request.query.get("agent", "")
+    if not agent:
+        return await _all_attempts(request, job_id, h)
+    want = request.query.get("attempt", "")
+    if want and not want.isdigit():
+        return error(400, f"attempt: {want[:40]!r} is not a number", "use ?attempt=1 (mn agents shows attempts)")
+    offsets = _offsets(request)
+    if isinstance(offsets, web.Response):
+        return offsets
+    node = _node(request)
+    store = node.store
+    raw_state = await store.guard(store.r.hget(store.key("job", job_id, "agents"), agent))
+    tries = agent_specs(job_id, h.get("spec")).get(agent, ("", 1))[1]
+    if raw_state is None and agent not in agent_specs(job_id, h.get("spec")):
+        return error(404, f"job {job_id} has no agent {agent[:80]!r}", f"list its agents with `mn agents {job_id}`")
+    st = AgentState.decode(raw_state) if raw_state is not None else AgentState()
+    top = min(MAX_CANDIDATES, (st.attempt + 1) * tries + 1)
+    numbers = [int(want)] if want else list(range(top + 1))
+    fields = [f"{agent}:{n}" for n in numbers]
+    recs = await store.guard(store.r.hmget(attempts_key(store, job_id), fields))
+    attempts = [_with_key(f, decode_attempt(r)) for f, r in zip(fields, recs, strict=True) if r is not None]
+    running = None
+    if st.status == "dispatched" and st.node and (not want or int(want) == st.attempt):
+        live = await node.exec_logs(st.node, job_id, agent, st.attempt, offsets)
+        running = {"attempt": st.attempt, "node": st.node, "live": live}
+    return json_response({"job_id": job_id, "job_status": h.get("status"), "agent": agent, "status": st.status,
+                          "attempts": attempts, "running": running})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/v1/jobs/{job_id}/agents", agents)
+    app.router.add_get("/api/v1/jobs/{job_id}/logs", logs)
