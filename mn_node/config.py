@@ -202,6 +202,7 @@ class Config:
     state_dir: Path = DEFAULT_STATE_DIR
     commands: bool = True
     command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S
+    job_retention_ms: int = 7 * 86_400_000  # MIRROR_NEURON_JOB_RETENTION (7d)
     log_level: str = "INFO"
     env_file: str | None = None
     warnings: tuple[str, ...] = ()
@@ -434,6 +435,29 @@ def parse_duration(raw: str, var: str) -> float:
     return float(m.group(1)) * _UNIT_S[m.group(2) or "s"]
 
 
+# ---- MIRROR_NEURON_JOB_RETENTION ----------------------------------------------------------
+DEFAULT_JOB_RETENTION = "7d"
+DEFAULT_JOB_RETENTION_MS = 7 * 86_400_000
+_DAYS = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*d$")
+
+
+def parse_span_ms(raw: str, var: str) -> int:
+    """Milliseconds from a duration that may also be written in days (``7d``, ``12h``, ``500ms``)."""
+    days = _DAYS.match(raw.strip().lower())
+    return int((float(days.group(1)) * 86400 if days else parse_duration(raw, var)) * 1000)
+
+
+def job_retention_ms(env: Mapping[str, str]) -> int:
+    """How long a terminal job's keys stay in Redis: ``MIRROR_NEURON_JOB_RETENTION``, a duration
+    (``7d``, ``12h``, ``90s``; default 7d, at least 1 s)."""
+    var = ENV_PREFIX + "JOB_RETENTION"
+    raw = env.get(var, "").strip() or DEFAULT_JOB_RETENTION
+    ms = parse_span_ms(raw, var)
+    if ms < 1000:
+        raise ConfigError(f"{var}: {raw!r} is under 1s; fix: keep terminal jobs at least 1s, e.g. 7d")
+    return ms
+
+
 def _state_dir(env: Mapping[str, str]) -> Path:
     """MIRROR_NEURON_STATE_DIR, else systemd's $STATE_DIRECTORY, else /var/lib/mirror-neuron when this
     user may write there, else ~/.local/state/mirror-neuron."""
@@ -563,7 +587,7 @@ def load_config(
         dist_bind=dist_bind, api_bind=api_bind, api_port=api_port, api_tls=api_tls, discovery=discovery,
         lease_ttl_ms=ttl, renew_interval_ms=renew, link_tick_ms=tick, link_timeout_ms=timeout,
         executor_capacity=capacity, state_dir=_state_dir(env), commands=commands, command_timeout_s=command_timeout,
-        log_level=_log_level(env), env_file=env_file,
+        job_retention_ms=job_retention_ms(env), log_level=_log_level(env), env_file=env_file,
         warnings=tuple(_cookie_warnings(cookie) + tls_warnings),
     )
 

@@ -80,7 +80,8 @@ def build_parts(cfg: Config) -> NodeParts:
     election = LeaderElection(store, leases, links, cfg.name)
     registration = Registration(store, cfg, incarnation, int(started * 1000), max(5000, 4 * cfg.lease_ttl_ms))
     jobs = JobRuntime(cfg.name, store, leases, links, members, cfg.executor_capacity, cfg.renew_interval_ms / 1000,
-                      state_dir=cfg.state_dir, commands=cfg.commands, command_timeout_s=cfg.command_timeout_s)
+                      state_dir=cfg.state_dir, commands=cfg.commands, command_timeout_s=cfg.command_timeout_s,
+                      retention_ms=cfg.job_retention_ms)
     placement = Placement(cfg.name, store, leases, links, members, election, jobs)
     return NodeParts(cfg, incarnation, started, store, links, members, leases, election, registration, jobs,
                      placement)

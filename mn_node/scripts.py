@@ -71,6 +71,31 @@ local function fence_error(lease_key, token, epoch, fence)
 end
 """
 
+# retain(id, ms, job keys, index, expiry index, bundle, bundle refs): a job turning terminal
+# gives every key it owns a TTL of `ms` (MIRROR_NEURON_JOB_RETENTION), records its expiry in
+# `{ns}:jobs:expiry` and drops from the history `{ns}:jobs` up to 64 ids whose expiry passed;
+# it leaves its bundle's live-job set, and a bundle no live job uses expires with it (never
+# sooner than a TTL it already has). Called after every check, as part of the terminal write.
+_RETAIN = """
+local function retain(id, ms, job_keys, index, expiry, bundle, refs)
+  local now = now_ms()
+  for _, k in ipairs(job_keys) do redis.call('PEXPIRE', k, ms) end
+  redis.call('ZADD', expiry, now + ms, id)
+  local gone = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, 64)
+  if #gone > 0 then
+    redis.call('ZREM', index, unpack(gone))
+    redis.call('ZREM', expiry, unpack(gone))
+  end
+  if bundle then
+    redis.call('SREM', refs, id)
+    if redis.call('SCARD', refs) == 0 then
+      local t = redis.call('PTTL', bundle)
+      if t == -1 or (t >= 0 and t < ms) then redis.call('PEXPIRE', bundle, ms) end
+    end
+  end
+end
+"""
+
 # ---- leases ---------------------------------------------------------------------------------
 
 # KEYS: lease, epoch counter, events stream
@@ -198,11 +223,15 @@ return 0
 # Agent states live in {ns}:job:<id>:agents as JSON {status, attempt, node, output, error, ...}.
 
 # Coordinator write, fenced, all or nothing.
-# KEYS: lease, job hash, agents hash, job events stream, active set
+# KEYS: lease, job hash, agents hash, job events stream, active set, runs hash, attempts hash,
+#       job lease epoch counter, history zset {ns}:jobs, expiry zset {ns}:jobs:expiry
+#       [, bundle, bundle's live-job set]
 # ARGV: token, epoch, job fields json (object), agent states json (object id -> state json),
-#       events json (list of [type, data json]), node, terminal ('1' removes from active set),
-#       events stream maxlen
-JOB_WRITE = _NOW_MS + _TERMINAL + _ARGS + _FENCE + """
+#       events json (list of [type, data json]), node, terminal ('1': leaves the active set and
+#       every key of the job expires after the retention), events stream maxlen, retention ms
+# Returns 1, or 0 when the job is paused and the write would dispatch an agent (nothing written).
+# A paused job stays paused: a 'running' status in the fields is not written.
+JOB_WRITE = _NOW_MS + _TERMINAL + _ARGS + _FENCE + _RETAIN + """
 local epoch = tonumber(ARGV[2])
 local err = fence_error(KEYS[1], ARGV[1], epoch, tonumber(redis.call('HGET', KEYS[2], '_fence') or '0'))
 if err then return err end
@@ -216,8 +245,12 @@ end)
 if not ok or type(fields) ~= 'table' or type(agents) ~= 'table' or type(events) ~= 'table' then
   return redis.error_reply('job_write: job fields, agents and events must be JSON objects/lists')
 end
-err = check_numbers(8)
+err = check_numbers(8, 9)
 if err then return err end
+if #KEYS ~= 10 and #KEYS ~= 12 then
+  return redis.error_reply('job_write: expected 10 keys, or 12 with a bundle')
+end
+if status == 'paused' and fields['status'] == 'running' then fields['status'] = nil end
 local agent_ids, done = {}, 0
 for id, st in pairs(agents) do
   local old = redis.call('HGET', KEYS[3], id)
@@ -229,6 +262,7 @@ for id, st in pairs(agents) do
     return redis.error_reply('job_write: state of agent ' .. id .. ' is not a JSON object')
   end
   if new['status'] == 'completed' then done = done + 1 end
+  if new['status'] == 'dispatched' and status == 'paused' then return 0 end
   agent_ids[#agent_ids + 1] = id
 end
 for _, ev in ipairs(events) do
@@ -251,18 +285,30 @@ for _, ev in ipairs(events) do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'type', ev[1], 'node', ARGV[6],
     'epoch', epoch, 'data', ev[2])
 end
-if ARGV[7] == '1' then redis.call('SREM', KEYS[5], string.match(KEYS[2], ':job:(.*)$')) end
+if ARGV[7] == '1' then
+  local id = string.match(KEYS[2], ':job:(.*)$')
+  redis.call('SREM', KEYS[5], id)
+  retain(id, ARGV[9], {KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7], KEYS[8]}, KEYS[9], KEYS[10], KEYS[11],
+    KEYS[12])
+end
 return 1
 """
 
-# Shared head of the executor-side scripts: go on only while the job is running and ARGV[2]
-# is the agent's current dispatched attempt (KEYS[1] job hash, KEYS[2] agents hash, ARGV[1]
-# agent id); leaves the decoded agent state in `st`.
-_CURRENT_ATTEMPT = """
+
+
+def _current_attempt(*statuses: str) -> str:
+    """Shared head of the executor-side scripts: go on only while the job's status is one of
+    ``statuses`` and ARGV[2] is the agent's current dispatched attempt (KEYS[1] job hash,
+    KEYS[2] agents hash, ARGV[1] agent id); leaves the decoded agent state in `st`."""
+    allowed = " or ".join(f"status == {s!r}" for s in statuses)
+    return f"""
 local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'running' then
-  return {0, 'job is ' .. tostring(status)}
-end
+if not ({allowed}) then
+  return {{0, 'job is ' .. tostring(status)}}
+end""" + _ATTEMPT_IS_CURRENT
+
+
+_ATTEMPT_IS_CURRENT = """
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
 if not raw then return {0, 'unknown agent'} end
 local st = cjson.decode(raw)
@@ -273,13 +319,14 @@ end
 """
 
 # An executor's result, written by the node that ran it before anyone is told, and only if
-# its attempt is still the current one and the job is still running.
+# its attempt is still the current one and the job is still running or paused (a pause stops
+# new starts; the runs already going finish and their results count).
 # KEYS: job hash, agents hash, runs hash[, job events stream]
 # ARGV: agent id, attempt, node, output json, 'completed' | 'failed', error text
 #       [, extra state fields json (object, merged into the agent state: exit_code, started_ms,
 #          duration_ms, complete_job, emits, next_state, ...), events json (list of [type, data json])
 #          appended to the job's events stream with the node, events maxlen]
-STORE_RESULT = _NOW_MS + _CURRENT_ATTEMPT + """
+STORE_RESULT = _NOW_MS + _current_attempt("running", "paused") + """
 local extra, events = {}, {}
 if ARGV[7] then
   local ok, e, ev = pcall(function() return cjson.decode(ARGV[7]), cjson.decode(ARGV[8] or '[]') end)
@@ -321,15 +368,21 @@ return {1, st['status']}
 # Counts a start in the runs hash only while the attempt is the dispatched one of a running job:
 # a request that arrives late (it sat in a paused node's socket buffer while the coordinator
 # replayed the agent elsewhere) is refused instead of re-running a completed executor.
-CLAIM_START = _CURRENT_ATTEMPT + """
+CLAIM_START = _current_attempt("running") + """
 return {1, redis.call('HINCRBY', KEYS[3], ARGV[1], 1)}
 """
 
-# KEYS: job hash, job events stream, active set ; ARGV: job id, node, reason, events maxlen
+# KEYS: job hash, job events stream, active set, agents hash, runs hash, attempts hash,
+#       job lease epoch counter, history zset, expiry zset[, bundle, bundle's live-job set]
+# ARGV: job id, node, reason, events maxlen, retention ms
 # Returns {1, previous status}, or {0, status} when the job is unknown or already terminal.
-CANCEL_JOB = _NOW_MS + _TERMINAL + _ARGS + """
-local err = check_numbers(4)
+# Pending, running and paused jobs can be cancelled; the job's keys expire after the retention.
+CANCEL_JOB = _NOW_MS + _TERMINAL + _ARGS + _RETAIN + """
+local err = check_numbers(4, 5)
 if err then return err end
+if #KEYS ~= 9 and #KEYS ~= 11 then
+  return redis.error_reply('cancel_job: expected 9 keys, or 11 with a bundle')
+end
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, 'unknown'} end
 if is_terminal(status) then
@@ -339,5 +392,61 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'updated_ms', now_ms(), 'erro
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'job_cancelled', 'node', ARGV[2],
   'epoch', '', 'data', cjson.encode({reason = ARGV[3], previous = status}))
+retain(ARGV[1], ARGV[5], {KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7]}, KEYS[8], KEYS[9], KEYS[10],
+  KEYS[11])
 return {1, status}
+"""
+
+# Pause or resume a job: running -> paused (event job_paused), paused -> running (job_resumed).
+# While paused the coordinator dispatches nothing (job_write refuses a dispatch), claim_start
+# refuses new starts and store_result still accepts the runs already going.
+# KEYS: job hash, job events stream ; ARGV: 'pause' | 'resume', node, events maxlen, reason
+# Returns {1, previous status}, or {0, status} when the job is unknown or not in the state the
+# change starts from.
+PAUSE_JOB = _NOW_MS + _ARGS + """
+local err = check_numbers(3)
+if err then return err end
+local from, to, ev = 'running', 'paused', 'job_paused'
+if ARGV[1] == 'resume' then
+  from, to, ev = 'paused', 'running', 'job_resumed'
+elseif ARGV[1] ~= 'pause' then
+  return redis.error_reply('pause_job: first argument must be pause or resume')
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, 'unknown'} end
+if status ~= from then return {0, status} end
+redis.call('HSET', KEYS[1], 'status', to, 'updated_ms', now_ms())
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', ev, 'node', ARGV[2], 'epoch', '',
+  'data', cjson.encode({reason = ARGV[4]}))
+return {1, status}
+"""
+
+# Delete a terminal job now (mn jobs prune). KEYS: job hash, agents, events, runs, attempts,
+# job lease epoch counter, history zset, expiry zset[, bundle, bundle's live-job set]; ARGV: job id, retention ms (for
+# the bundle). Returns {1, status}, or {0, status} when the job is unknown or not terminal.
+PRUNE_JOB = _NOW_MS + _TERMINAL + _ARGS + _RETAIN + """
+local err = check_numbers(2)
+if err then return err end
+if #KEYS ~= 8 and #KEYS ~= 10 then
+  return redis.error_reply('prune_job: expected 8 keys, or 10 with a bundle')
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, 'unknown'} end
+if not is_terminal(status) then return {0, status} end
+retain(ARGV[1], ARGV[2], {}, KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[7], ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
+return {1, status}
+"""
+
+# An executor's attempt record (mn logs): written only while the job hash exists, and a job that
+# is already terminal (the record came after a cancel) gives the record the job's own TTL, so
+# no key of an expired job is left behind. KEYS: job hash, attempts hash; ARGV: field, value.
+RECORD_ATTEMPT = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
 """

@@ -60,6 +60,9 @@ class Scripts:
         self.store_result = Script(store, "store_result", scripts.STORE_RESULT)
         self.claim_start = Script(store, "claim_start", scripts.CLAIM_START)
         self.cancel_job = Script(store, "cancel_job", scripts.CANCEL_JOB)
+        self.pause_job = Script(store, "pause_job", scripts.PAUSE_JOB)
+        self.prune_job = Script(store, "prune_job", scripts.PRUNE_JOB)
+        self.record_attempt = Script(store, "record_attempt", scripts.RECORD_ATTEMPT)
 
 
 class Store:

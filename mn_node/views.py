@@ -146,6 +146,10 @@ class NodeView:
     def tell_owner_cancel(self, owner: str, job_id: str) -> None:
         self._parts.jobs.tell_owner_cancel(owner, job_id)
 
+    def job_retention_ms(self) -> int:
+        """MIRROR_NEURON_JOB_RETENTION as the jobs layer applies it now (a reload may change it)."""
+        return self._parts.jobs.retention_ms
+
     async def exec_logs(self, node: str, job_id: str, agent_id: str, attempt: int,
                         offsets: dict[str, int]) -> dict[str, Any] | None:
         """The live output of a running command attempt (the runtime asks ``node``); None when

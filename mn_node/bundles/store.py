@@ -3,6 +3,12 @@
 the content's hash, so any node can fetch it, verify it and cache it on disk. Every node that
 executes an agent of a bundle job fetches the archive once per sha256 and keeps the unpacked
 folder in its cache; a job therefore survives the loss of the node that accepted it.
+
+**Lifetime.** ``{ns}:bundle:<sha256>:jobs`` is the set of the bundle's live jobs: a submit adds
+its job and PERSISTs the archive in the same transaction; the script that makes a job terminal
+removes it, and when the set is empty gives the archive the job's retention TTL (never lowering
+a longer one). An upload arrives with an :data:`UPLOAD_GRACE_MS` TTL, so an archive whose job
+was never submitted does not stay forever.
 """
 
 from __future__ import annotations
@@ -12,9 +18,16 @@ import hashlib
 from mn_node.bundles.archive import BundleError
 from mn_node.store import Store
 
+UPLOAD_GRACE_MS = 3_600_000  # an uploaded archive no job refers to expires after an hour
+
 
 def bundle_key(store: Store, sha256: str) -> str:
     return store.key("bundle", sha256)
+
+
+def bundle_refs_key(store: Store, sha256: str) -> str:
+    """The set of the live (pending, running, paused) jobs that use the bundle."""
+    return store.key("bundle", sha256, "jobs")
 
 
 async def put_bundle(store: Store, data: bytes, sha256: str) -> bool:
@@ -22,7 +35,7 @@ async def put_bundle(store: Store, data: bytes, sha256: str) -> bool:
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise BundleError(f"bundle content hashes to {actual}, not {sha256}; fix: upload the archive unchanged")
-    created = await store.guard(store.binary.set(bundle_key(store, sha256), data, nx=True))
+    created = await store.guard(store.binary.set(bundle_key(store, sha256), data, nx=True, px=UPLOAD_GRACE_MS))
     return bool(created)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from typing import Any
 
 from aiohttp import web
 
 from mn_node.api import NODE_KEY, NodeAPI, error, json_response, read_json
-from mn_node.errors import DataError
+from mn_node.config import parse_span_ms
+from mn_node.errors import ConfigError, DataError
 from mn_node.jobs import blueprints
 from mn_node.jobs.manifest import ManifestError
 from mn_node.jobs.state import (
@@ -22,6 +24,8 @@ from mn_node.jobs.state import (
     job_events,
     job_view,
     list_jobs,
+    pause_job,
+    prune_jobs,
 )
 from mn_node.jobs.submit import submit_job
 from mn_node.leases import Holder
@@ -176,13 +180,81 @@ async def cancel(request: web.Request) -> web.Response:
     unavailable = _need_redis(node)
     if unavailable is not None:
         return unavailable
-    cancelled, previous = await cancel_job(node.store, job_id, node.name, f"cancelled via API on {node.name}")
+    cancelled, previous = await cancel_job(node.store, job_id, node.name, f"cancelled via API on {node.name}",
+                                           node.job_retention_ms())
     if not cancelled:
-        return error(409, f"job {job_id} is already {previous}", "only pending or running jobs can be cancelled")
+        return error(409, f"job {job_id} is already {previous}",
+                     "only pending, running or paused jobs can be cancelled")
     token = await node.store.guard(node.store.r.get(node.store.key("lease", f"job:{job_id}")))
     if token:
         node.tell_owner_cancel(Holder(token, 0).node, job_id)
     return json_response({"job_id": job_id, "status": "cancelled", "previous": previous})
+
+
+_PAUSE_FIX = {"pause": "only a running job can be paused; `mn resume JOB` resumes a paused one",
+              "resume": "only a paused job can be resumed; `mn pause JOB` pauses a running one"}
+
+
+async def _pause_or_resume(request: web.Request, action: str) -> web.Response:
+    found = await job_or_404(request)
+    if isinstance(found, web.Response):
+        return found
+    job_id, _ = found
+    node = _node(request)
+    unavailable = _need_redis(node)
+    if unavailable is not None:
+        return unavailable
+    changed, previous = await pause_job(node.store, job_id, node.name, action, f"{action}d via API on {node.name}")
+    if not changed:
+        return error(409, f"job {job_id} is {previous}: cannot {action} it", _PAUSE_FIX[action])
+    return json_response({"job_id": job_id, "status": "paused" if action == "pause" else "running",
+                          "previous": previous})
+
+
+async def pause(request: web.Request) -> web.Response:
+    """Running -> paused: nothing new is dispatched; running executors finish."""
+    return await _pause_or_resume(request, "pause")
+
+
+async def resume(request: web.Request) -> web.Response:
+    """Paused -> running: the coordinator dispatches again."""
+    return await _pause_or_resume(request, "resume")
+
+
+def _prune_args(body: Any) -> tuple[int | None, str | None, bool]:
+    """(older than ms, status, dry run) from ``{"older_than": "7d", "status": "failed", "dry_run": true}``."""
+    if not isinstance(body, dict):
+        raise DataError('body: is not a JSON object; fix: send {"older_than": "7d", "status": "failed"} or {}')
+    older, status, dry = body.get("older_than"), body.get("status"), body.get("dry_run", False)
+    if status is not None and status not in TERMINAL:
+        raise DataError(f"status: {str(status)[:40]!r} is not a terminal status; fix: one of {', '.join(TERMINAL)}")
+    if not isinstance(dry, bool):
+        raise DataError("dry_run: is not a boolean; fix: send true or false")
+    if older is None:
+        return None, status, dry
+    if not isinstance(older, str):
+        raise DataError('older_than: is not a string; fix: a duration such as "7d", "12h" or "90s"')
+    try:
+        return parse_span_ms(older, "older_than"), status, dry
+    except ConfigError as e:
+        raise DataError(str(e)) from None
+
+
+async def prune(request: web.Request) -> web.Response:
+    """Delete terminal jobs now (never pending, running or paused ones)."""
+    node = _node(request)
+    try:
+        older_ms, status, dry = _prune_args(await read_json(request) if request.can_read_body else {})
+    except web.HTTPException as e:
+        return error(e.status, e.reason, 'send {"older_than": "7d", "status": "failed", "dry_run": true} or {}')
+    except DataError as e:
+        return error(400, str(e))
+    unavailable = _need_redis(node)
+    if unavailable is not None:
+        return unavailable
+    res = await prune_jobs(node.store, older_than_ms=older_ms, status=status, dry_run=dry,
+                           retention_ms=node.job_retention_ms())
+    return json_response(res.view())
 
 
 def add_routes(app: web.Application) -> None:
@@ -194,5 +266,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/jobs/{job_id}", job)
     app.router.add_get("/api/v1/jobs/{job_id}/events", events)
     app.router.add_post("/api/v1/jobs/{job_id}/cancel", cancel)
+    app.router.add_post("/api/v1/jobs/{job_id}/pause", pause)
+    app.router.add_post("/api/v1/jobs/{job_id}/resume", resume)
+    app.router.add_post("/api/v1/jobs/prune", prune)
     agents_api.add_routes(app)
     bundle_api.add_routes(app)

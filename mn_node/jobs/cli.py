@@ -1,4 +1,4 @@
-"""Job commands of ``mn``: submit, jobs, job, events, cancel; validate and run
+"""Job commands of ``mn``: submit, jobs (and ``jobs prune``), job, events, cancel, pause, resume; validate and run
 (:mod:`mn_node.jobs.bundle_cli`), agents and logs (:mod:`mn_node.jobs.agents_cli`)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mn_node.jobs.manifest import parse_text
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+JOB_STATUSES = ("pending", "running", "paused", "completed", "failed", "cancelled")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")  # what the API accepts (mn_node/jobs/api.py)
 
 
@@ -61,6 +61,7 @@ def register(sub: Any) -> None:
     s.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs, newest first (default 20)")
     add_json_flag(s)
     s.set_defaults(handler=cmd_jobs)
+    _register_prune(s)
     s = sub.add_parser("job", help="one job, with a live progress bar until it ends")
     s.add_argument("job_id", type=job_id, metavar="JOB_ID", help="the job's id (mn jobs lists them)")
     s.add_argument("--no-follow", action="store_true", help="print once and exit")
@@ -71,10 +72,16 @@ def register(sub: Any) -> None:
     s.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the job ends")
     add_json_flag(s)
     s.set_defaults(handler=cmd_events)
-    s = sub.add_parser("cancel", help="cancel a pending or running job")
+    s = sub.add_parser("cancel", help="cancel a pending, running or paused job")
     s.add_argument("job_id", type=job_id, metavar="JOB_ID", help="the job's id (mn jobs lists them)")
     add_json_flag(s)
     s.set_defaults(handler=cmd_cancel)
+    for name, text in (("pause", "pause a running job: nothing new starts, running executors finish"),
+                       ("resume", "resume a paused job")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("job_id", type=job_id, metavar="JOB_ID", help="the job's id (mn jobs lists them)")
+        add_json_flag(s)
+        s.set_defaults(handler=cmd_pause, action=name)
     agents_cli.register(sub, job_id)
 
 
@@ -257,6 +264,51 @@ def cmd_events(api: Api, args: argparse.Namespace) -> int:
         raise http_error("GET", path, e) from None
     except urllib.error.URLError as e:
         raise api.unreachable(e.reason) from None
+    return EX_OK
+
+
+def _duration(value: str) -> str:
+    """argparse type for --older-than: a duration (7d, 12h, 90s), passed on to the API as written."""
+    from mn_node.config import parse_span_ms
+    from mn_node.errors import ConfigError
+
+    try:
+        parse_span_ms(value, "--older-than")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _register_prune(jobs: Any) -> None:
+    sub = jobs.add_subparsers(dest="jobs_command", metavar="{prune}")
+    s = sub.add_parser("prune", help="delete terminal jobs now (never pending, running or paused ones)")
+    s.add_argument("--older-than", type=_duration, metavar="D",
+                   help="only jobs that ended more than D ago (7d, 12h, 90s); default: any age")
+    s.add_argument("--status", dest="prune_status", choices=TERMINAL, help="only jobs in this terminal status")
+    s.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    add_json_flag(s)
+    s.set_defaults(handler=cmd_prune)
+
+
+def cmd_prune(api: Api, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"dry_run": bool(args.dry_run)}
+    if args.older_than:
+        body["older_than"] = args.older_than
+    if args.prune_status:
+        body["status"] = args.prune_status
+    res = api.post("/api/v1/jobs/prune", body)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return EX_OK
+    for j in res["jobs"]:
+        print(f"{j['job_id']}  {j['status']}")
+    print(f"{'would delete' if res['dry_run'] else 'deleted'} {res['pruned']} job(s)")
+    return EX_OK
+
+
+def cmd_pause(api: Api, args: argparse.Namespace) -> int:
+    res = api.post(f"/api/v1/jobs/{args.job_id}/{args.action}")
+    print(json.dumps(res, indent=2) if args.json else f"{args.job_id}: {res['status']} (was {res['previous']})")
     return EX_OK
 
 

@@ -61,6 +61,8 @@ class Coordinator:
         self._rr = 0
         self.finished = False
         self.cancel_requested = False
+        self.paused = False  # status 'paused' in Redis: nothing new is dispatched until resumed
+        self.bundle: str | None = None
 
     # ---- signals from the runtime ---------------------------------------------------------
     def notify_done(self, agent_id: str) -> None:
@@ -76,20 +78,27 @@ class Coordinator:
 
     # ---- fenced writes --------------------------------------------------------------------
     async def write(self, job: dict[str, Any] | None = None, agents: dict[str, AgentState] | None = None,
-                    events: list[tuple[str, dict[str, Any]]] | None = None, terminal: bool = False) -> None:
+                    events: list[tuple[str, dict[str, Any]]] | None = None, terminal: bool = False) -> bool:
         """One all-or-nothing fenced ``job_write``: job fields, agent states, events, and
-        (``terminal``) leaving the active set. Raises LeaseLost / FencedWriteRefused."""
+        (``terminal``) leaving the active set, every key of the job expiring after the retention.
+        False (nothing written, :attr:`paused` set) when the job is paused and the write would
+        dispatch an agent. Raises LeaseLost / FencedWriteRefused."""
         args = [
             self.lease.token, self.lease.epoch,
             json.dumps({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in (job or {}).items()}),
             json.dumps({aid: st.encode() for aid, st in (agents or {}).items()}) if agents else "{}",
             json.dumps([[t, json.dumps(d, separators=(",", ":"))] for t, d in (events or [])]) if events else "[]",
-            self.rt.node, "1" if terminal else "0", EVENTS_MAXLEN,
+            self.rt.node, "1" if terminal else "0", EVENTS_MAXLEN, self.rt.retention_ms,
         ]
-        keys = [self.lease.key, self.keys.job, self.keys.agents, self.keys.events, self.rt.store.key("jobs", "active")]
-        await self.rt.leases.fenced(self.lease, self.rt.store.scripts.job_write, keys, args)
+        k = self.keys
+        keys = [self.lease.key, k.job, k.agents, k.events, k.active, k.runs, k.attempts, k.epoch, k.history,
+                k.expiry, *k.bundle(self.bundle)]
+        if not await self.rt.leases.fenced(self.lease, self.rt.store.scripts.job_write, keys, args):
+            self.paused = True
+            return False
         for aid, st in (agents or {}).items():
             self.states[aid] = st
+        return True
 
     # ---- main -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -112,6 +121,8 @@ class Coordinator:
         if not h or h.get("status") in TERMINAL:
             await self.rt.store.guard(self.rt.store.r.srem(self.rt.store.key("jobs", "active"), self.job_id))
             return
+        self.bundle = h.get("bundle") or None
+        self.paused = h.get("status") == "paused"
         try:
             self.manifest = validate(json.loads(h["spec"]))
         except (MirrorNeuronError, ValueError, KeyError) as e:
@@ -122,7 +133,7 @@ class Coordinator:
         self._rank = {aid: i for i, aid in enumerate(self.order)}
         self.states = await agent_states(self.rt.store, self.job_id)
         self._changed = set(self.states)
-        recovering = h.get("status") == "running"
+        recovering = h.get("status") in ("running", "paused")
         fresh = {aid: AgentState() for aid in self.manifest.agents if aid not in self.states}
         self._open = {aid for aid in self.manifest.agents if self.states.get(aid, AgentState()).status != "completed"}
         if recovering:
@@ -130,7 +141,7 @@ class Coordinator:
             inflight = [aid for aid, st in self.states.items() if st.status == "dispatched"]
             await self.write(job={"status": "running"}, agents=fresh, events=[("job_recovery_started", {
                 "previous_owner": h.get("owner"), "previous_epoch": int(h.get("epoch", "0") or 0),
-                "completed_agents": done, "inflight_agents": len(inflight)})])
+                "completed_agents": done, "inflight_agents": len(inflight), "paused": self.paused})])
             log.info("recovering job %s at epoch %d: %d agents completed, %d in flight",
                      self.job_id, self.lease.epoch, done, len(inflight))
             replayed = await self._recover_inflight(inflight)
@@ -149,14 +160,28 @@ class Coordinator:
             if self.cancel_requested:
                 await self._stop_cancelled()
                 return
-            if await self._step():
+            if not self.paused and await self._step():
                 return
             if not self._notified:
                 await wait_event(self._wake, self.rt.tick)
+            if self.paused and await self._check_paused():
+                return
             if time.monotonic() - last_full >= FULL_REFRESH_S:
                 last_full = time.monotonic()
                 if await self._refresh_full():
                     return
+
+    async def _check_paused(self) -> bool:
+        """While paused, look at the status every tick: resumed -> dispatch again; cancelled ->
+        stop (True). Runs already going finish meanwhile; their results are stored and absorbed."""
+        status = await self.rt.store.guard(self.rt.store.r.hget(self.keys.job, "status"))
+        if status == "cancelled":
+            await self._stop_cancelled()
+            return True
+        if status != "paused":
+            self.paused = False
+            log.info("job %s resumed (status %s)", self.job_id, status)
+        return False
 
     # ---- recovery -------------------------------------------------------------------------
     async def _recover_inflight(self, inflight: list[str]) -> set[str]:
@@ -331,7 +356,10 @@ class Coordinator:
             await self._finish("failed", error=NO_COMMAND_NODE)
             return True
         if plan:
-            await self.write(agents=plan, events=events)
+            if not await self.write(agents=plan, events=events):  # paused meanwhile: nothing recorded
+                for aid, st in plan.items():
+                    self._release(st.node, aid)
+                return False
             await self._send(plan)
         return False
 
@@ -395,9 +423,12 @@ class Coordinator:
         if status == "cancelled":
             await self._stop_cancelled()
             return True
+        self.paused = status == "paused"
         fresh = await agent_states(self.rt.store, self.job_id)
         for aid, st in fresh.items():
             self._absorb(aid, st)
+        if self.paused:
+            return False  # lost runs are replayed after the resume
         await self.rt.capacities()
         lost = [aid for aid, st in self.states.items()
                 if st.status == "dispatched" and not self.rt.healthy(st.node)]

@@ -330,8 +330,8 @@ class ExecutorService:
         """Best effort: the attempt's record for ``mn logs`` (a lost record loses no result)."""
         rec = attempt_record(self.node, run.agent, run.attempt, req, result, started_ms, int(time.time() * 1000))
         try:
-            await self.store.guard(self.store.r.hset(k.attempts, f"{run.agent}:{run.attempt}",
-                                                     json.dumps(rec, separators=(",", ":"))))
+            await self.store.scripts.record_attempt([k.job, k.attempts], [f"{run.agent}:{run.attempt}",
+                                                                         json.dumps(rec, separators=(",", ":"))])
         except RedisUnavailable as e:
             log.info("attempt record of %s/%s not saved: %s", run.job_id, run.agent, e)
 

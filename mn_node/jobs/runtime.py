@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mn_node.aio import Signal
+from mn_node.config import DEFAULT_JOB_RETENTION_MS
 from mn_node.errors import MirrorNeuronError, NotConnected
 from mn_node.jobs.coordinator import Coordinator
 from mn_node.jobs.executor import ExecutorService
@@ -26,7 +27,8 @@ CALL_TIMEOUT = 3.0
 class JobRuntime:
     def __init__(self, node: str, store: Store, leases: LeaseManager, links: LinkManager,
                  members: Membership, capacity: int, tick: float, *, state_dir: Path,
-                 commands: bool = True, command_timeout_s: float = 3600.0) -> None:
+                 commands: bool = True, command_timeout_s: float = 3600.0,
+                 retention_ms: int = DEFAULT_JOB_RETENTION_MS) -> None:
         self.node = node
         self.store = store
         self.leases = leases
@@ -39,6 +41,7 @@ class JobRuntime:
                                         command_timeout_s=command_timeout_s)
         self.executor.local_done.connect(lambda msg: self._on_agent_done(node, msg))
         self.coordinators: dict[str, Coordinator] = {}
+        self.retention_ms = retention_ms  # MIRROR_NEURON_JOB_RETENTION: terminal jobs' keys expire after it
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._caps: dict[str, int] = {}
         self._commands: set[str] = set()  # nodes whose registration says commands=on

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from mn_node.bundles.store import bundle_key, bundle_refs_key
 from mn_node.jobs.manifest import Manifest
 from mn_node.scripts import TERMINAL as TERMINAL  # job statuses never left (defined with the Lua)
 from mn_node.store import EVENTS_MAXLEN, Store, decode_event
@@ -76,12 +77,28 @@ class AgentState:
 
 
 class JobKeys:
+    """Every key one job owns (:meth:`owned`), and the shared ones a terminal write touches."""
+
     def __init__(self, store: Store, job_id: str) -> None:
+        self.job_id = job_id
         self.job = store.key("job", job_id)
         self.agents = store.key("job", job_id, "agents")
         self.events = store.key("job", job_id, "events")
         self.runs = store.key("job", job_id, "runs")
         self.attempts = store.key("job", job_id, "attempts")
+        self.epoch = store.key("epoch", f"job:{job_id}")  # the job lease's epoch counter
+        self.history = store.key("jobs")
+        self.expiry = store.key("jobs", "expiry")
+        self.active = store.key("jobs", "active")
+        self._store = store
+
+    def owned(self) -> list[str]:
+        """The keys that exist only for this job (the lease key expires on its own)."""
+        return [self.job, self.agents, self.events, self.runs, self.attempts, self.epoch]
+
+    def bundle(self, sha: str | None) -> list[str]:
+        """The bundle's archive key and its live-job set, or nothing for a job without a bundle."""
+        return [bundle_key(self._store, sha), bundle_refs_key(self._store, sha)] if sha else []
 
 
 def new_job_id(graph_id: str) -> str:
@@ -99,8 +116,12 @@ async def create_job(store: Store, manifest: Manifest, node: str, request: dict[
         "submitted_ms": now, "updated_ms": now, "submitted_via": node,
         "agents_total": len(manifest.agents), "agents_done": 0, "epoch": 0,
     })
-    pipe.zadd(store.key("jobs"), {job_id: now})
-    pipe.sadd(store.key("jobs", "active"), job_id)
+    if manifest.bundle:
+        pipe.hset(k.job, "bundle", manifest.bundle)
+        pipe.sadd(bundle_refs_key(store, manifest.bundle), job_id)
+        pipe.persist(bundle_key(store, manifest.bundle))  # a bundle a live job uses never expires
+    pipe.zadd(k.history, {job_id: now})
+    pipe.sadd(k.active, job_id)
     for etype in ("job_pending", "job_validated"):
         pipe.xadd(k.events, {"type": etype, "node": node, "epoch": "", "data": json.dumps(
             {"agents": len(manifest.agents), "graph_id": manifest.graph_id})}, maxlen=EVENTS_MAXLEN, approximate=True)
@@ -108,13 +129,65 @@ async def create_job(store: Store, manifest: Manifest, node: str, request: dict[
     return job_id
 
 
-async def cancel_job(store: Store, job_id: str, node: str, reason: str) -> tuple[bool, str]:
-    """Cancel a pending or running job (``cancel_job`` script). Returns (True, previous
-    status), or (False, current status) when it is unknown (``"unknown"``) or already terminal."""
+async def cancel_job(store: Store, job_id: str, node: str, reason: str,
+                     retention_ms: int) -> tuple[bool, str]:
+    """Cancel a pending, running or paused job (``cancel_job`` script; its keys expire after
+    ``retention_ms``). Returns (True, previous status), or (False, current status) when it is
+    unknown (``"unknown"``) or already terminal."""
     k = JobKeys(store, job_id)
-    res = await store.scripts.cancel_job([k.job, k.events, store.key("jobs", "active")],
-                                         [job_id, node, reason, EVENTS_MAXLEN])
+    sha = await store.guard(store.r.hget(k.job, "bundle"))
+    keys = [k.job, k.events, k.active, k.agents, k.runs, k.attempts, k.epoch, k.history, k.expiry, *k.bundle(sha)]
+    res = await store.scripts.cancel_job(keys, [job_id, node, reason, EVENTS_MAXLEN, retention_ms])
     return int(res[0]) == 1, str(res[1])
+
+
+async def pause_job(store: Store, job_id: str, node: str, action: str, reason: str) -> tuple[bool, str]:
+    """``action`` "pause" (running -> paused) or "resume" (paused -> running), atomically with
+    its event. Returns (True, previous status), or (False, current status) when the job is
+    unknown (``"unknown"``) or not in the state the change starts from."""
+    k = JobKeys(store, job_id)
+    res = await store.scripts.pause_job([k.job, k.events], [action, node, EVENTS_MAXLEN, reason])
+    return int(res[0]) == 1, str(res[1])
+
+
+@dataclass
+class Pruned:
+    """What :func:`prune_jobs` removed (or would remove, on a dry run)."""
+
+    jobs: list[dict[str, Any]]
+    dry_run: bool
+
+    def view(self) -> dict[str, Any]:
+        return {"pruned": len(self.jobs), "dry_run": self.dry_run, "jobs": self.jobs}
+
+
+async def prune_jobs(store: Store, *, older_than_ms: int | None, status: str | None, dry_run: bool,
+                     retention_ms: int, now_ms: int | None = None) -> Pruned:
+    """Delete terminal jobs now (never pending, running or paused ones): those finished more than
+    ``older_than_ms`` ago (None: any age) with ``status`` (None: any terminal status). Each
+    deletion is one ``prune_job`` script, which checks again that the job is terminal."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    out: list[dict[str, Any]] = []
+    cursor = 0
+    while True:
+        cursor, ids = await store.guard(store.r.zscan(store.key("jobs"), cursor, count=500))
+        for jid, _ in ids:
+            h = await get_job(store, jid)
+            st = h.get("status")
+            if st not in TERMINAL or (status and st != status):
+                continue
+            ended = int(h.get("finished_ms") or h.get("updated_ms") or 0)
+            if older_than_ms is not None and now - ended < older_than_ms:
+                continue
+            if not dry_run:
+                k = JobKeys(store, jid)
+                res = await store.scripts.prune_job([*k.owned(), k.history, k.expiry, *k.bundle(h.get("bundle"))],
+                                                    [jid, retention_ms])
+                if int(res[0]) != 1:
+                    continue
+            out.append({"job_id": jid, "status": st, "finished_ms": ended})
+        if not cursor:
+            return Pruned(out, dry_run)
 
 
 def job_view(h: dict[str, str], with_spec: bool = False) -> dict[str, Any]:
@@ -152,6 +225,9 @@ async def list_jobs(store: Store, limit: int = 50, status: str | None = None) ->
     for jid in ids:
         pipe.hgetall(store.key("job", jid))
     rows = await store.guard(pipe.execute())
+    gone = [jid for jid, h in zip(ids, rows, strict=True) if not h]
+    if gone:  # expired under retention: dropped from the history as they are seen
+        await store.guard(store.r.zrem(store.key("jobs"), *gone))
     out = [job_view(h) for h in rows if h]
     if status:
         out = [j for j in out if j["status"] == status]

@@ -83,9 +83,10 @@ async def _running_job(s: Store, leases: LeaseManager, job: str) -> Lease:
 
 def _job_write_args(lease: Lease, job: str, agents: dict[str, str] | Any, maxlen: Any = EVENTS_MAXLEN) \
         -> tuple[list[str], list[Any]]:
-    keys = [lease.key, f"ns:job:{job}", f"ns:job:{job}:agents", f"ns:job:{job}:events", "ns:jobs:active"]
+    keys = [lease.key, f"ns:job:{job}", f"ns:job:{job}:agents", f"ns:job:{job}:events", "ns:jobs:active",
+            f"ns:job:{job}:runs", f"ns:job:{job}:attempts", f"ns:epoch:job:{job}", "ns:jobs", "ns:jobs:expiry"]
     args = [lease.token, lease.epoch, json.dumps({"status": "completed", "result": "x"}), json.dumps(agents),
-            json.dumps([["agent_completed", "{}"], ["job_completed", "{}"]]), "n1", "1", maxlen]
+            json.dumps([["agent_completed", "{}"], ["job_completed", "{}"]]), "n1", "1", maxlen, 60_000]
     return keys, args
 
 
