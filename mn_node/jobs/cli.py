@@ -275,7 +275,7 @@ def _duration(value: str) -> str:
     try:
         parse_span_ms(value, "--older-than")
     except ConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--older-than: ")) from None
     return value
 
 
