@@ -52,7 +52,7 @@ def bar(done: int, total: int, width: int = 12) -> str:
 STATUS_STYLE = {
     "up": "bold green", "down": "bold red", "gone": "dim red",
     "ok": "green", "warn": "yellow", "fail": "bold red",
-    "running": "bold cyan", "pending": "yellow", "completed": "green", "failed": "bold red",
+    "running": "bold cyan", "pending": "yellow", "paused": "bold yellow", "completed": "green", "failed": "bold red",
     "cancelled": "dim", "conflict": "bold red", "stale": "bold yellow", "unknown": "yellow",
     "free": "dim",
 }

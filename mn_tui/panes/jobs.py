@@ -64,7 +64,7 @@ class JobsPane(Vertical):
         for j in st.jobs:
             counts[j.status] = counts.get(j.status, 0) + 1
         line = Text(f"{len(st.jobs)} jobs")
-        for s in ("running", "pending", "completed", "failed", "cancelled"):
+        for s in ("running", "paused", "pending", "completed", "failed", "cancelled"):
             if counts.get(s):
                 line.append(" · ")
                 line.append(f"{counts[s]} {s}", style=fmt.STATUS_STYLE.get(s, ""))
