@@ -25,7 +25,7 @@ async def test_job_view_shows_agents_and_a_failing_agents_stderr(make_cluster: A
     # an attempt record as the engine writes it, for a worker whose command exited 3
     rclient(c).hset(f"{c.namespace}:job:{jid}:attempts", "prime_worker_0007:1", json.dumps({
         "agent": "prime_worker_0007", "attempt": 1, "exit_code": 3, "duration_ms": 12,
-        "stderr_tail": "one\ntwo\nthree\nfour\nfive\nsix\nseven\ndisk on fire\n"}))
+        "stderr": "one\ntwo\nthree\nfour\nfive\nsix\nseven\ndisk on fire\n"}))
     provider = LiveProvider(c.nodes[0].api, timeout=2.0)
     detail = await provider.job(jid)
     page = detail.agents
