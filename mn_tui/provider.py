@@ -148,7 +148,7 @@ class LiveProvider:
         body = await self.client.get(f"/api/v1/jobs/{jid}/logs?agent={quote(agent.agent, safe='')}")
         attempts = [a for a in (body.get("attempts") or []) if isinstance(a, dict)] if isinstance(body, dict) else []
         last = attempts[-1] if attempts else {}
-        lines = str(last.get("stderr_tail") or "").rstrip("\n").splitlines()[-STDERR_LINES:]
+        lines = str(last.get("stderr") or "").rstrip("\n").splitlines()[-STDERR_LINES:]
         code = last.get("exit_code", agent.exit_code)
         attempt = last.get("attempt", agent.attempt)
         return FailingAgent(agent.agent, attempt if isinstance(attempt, int) else agent.attempt,

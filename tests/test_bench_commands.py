@@ -1,5 +1,5 @@
-"""bench/commands.py: its xargs half and its arguments (the cluster half needs the job engine
-that runs command executors, and runs as ``python3 -m bench.commands``)."""
+"""bench/commands.py (``python3 -m bench.commands``): its xargs half, its arguments, and a small
+run of both halves against real nodes."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from bench.commands import json_objects, overheads
 
@@ -29,6 +31,20 @@ def test_xargs_half_runs_the_bundles_commands(tmp_path: Path) -> None:
     assert res["xargs"]["prime_count"] == expected  # 12 chunks of 100 from 1000003
     assert res["xargs"]["command_alone_ms"]["n"] == 12
     assert "xargs -P 4 (12 commands)" in p.stderr
+
+
+@pytest.mark.slow
+def test_small_run_of_both_halves_counts_the_same_primes() -> None:
+    p = bench("--executors", "6", "--nodes", "2", "--slots", "1")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    expected = sum(all(n % d for d in range(2, int(n**0.5) + 1)) for n in range(1_000_003, 1_000_603))
+    cl = res["cluster"]
+    assert cl["ok"] and cl["status"] == "completed" and cl["prime_count"] == expected, cl
+    assert res["exact"] is True and res["xargs"]["prime_count"] == expected
+    assert sum(cl["per_node"].values()) == 7 and len(cl["per_node"]) <= 2, cl  # 6 workers + the aggregator
+    assert res["attempt_records"] == 7 and res["start_overhead_ms"]["n"] == 6, res
+    assert "prime_count cluster vs xargs" in p.stderr and "equal" in p.stderr
 
 
 def test_arguments_are_checked() -> None:

@@ -5,9 +5,12 @@
   status, attempt, node, exit code, duration. ``cursor`` in the answer is ``"0"`` after the
   last page.
 * ``GET /api/v1/jobs/<id>/logs?agent=A[&attempt=N][&stdout_offset=B&stderr_offset=B]``: the
-  finished attempts of agent A (``{ns}:job:<id>:attempts``, field ``<agent>:<attempt>``: exit
-  code, duration, stdout and stderr tails) and, while A runs, its live output asked of the
-  node that runs it (``live``; the offsets are the bytes of each stream already seen).
+  finished attempts of agent A as the executor records them (``{ns}:job:<id>:attempts``, field
+  ``<agent>:<attempt>`` with the coordinator's dispatched attempt number, 1 up; a command's
+  runner-internal retries are ``tries`` inside one record: exit code, duration, ``reason``,
+  ``stdout``/``stderr`` tails) and, while A is dispatched, its live output asked of the node
+  that runs it (``live``: ``{node, running, try, stdout, stderr, offsets}``; the offsets are
+  the bytes of each stream already seen, passed back to follow it).
   Without ``agent``: one page (``cursor``/``limit``) of every finished attempt of the job.
 
 A field an attempt record or an agent state lacks is ``null``; the clients print ``-``.
@@ -29,7 +32,7 @@ from mn_node.store import Store
 MAX_PAGE = 1000
 DEFAULT_PAGE = 200
 MAX_CANDIDATES = 500  # attempt records looked up for one agent
-_SPEC_CACHE: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
+_SPEC_CACHE: OrderedDict[str, dict[str, str]] = OrderedDict()
 _SPEC_CACHE_SIZE = 16
 
 
@@ -41,24 +44,21 @@ def attempts_key(store: Store, job_id: str) -> str:
     return store.key("job", job_id, "attempts")
 
 
-def agent_specs(job_id: str, spec_json: str | None) -> dict[str, tuple[str, int]]:
-    """agent id -> (agent type, tries per dispatch) from the job's stored manifest; cached (a
-    job's manifest never changes), so paging a big job does not parse it per page."""
+def agent_specs(job_id: str, spec_json: str | None) -> dict[str, str]:
+    """agent id -> agent type from the job's stored manifest; cached (a job's manifest never
+    changes), so paging a big job does not parse it per page."""
     cached = _SPEC_CACHE.get(job_id)
     if cached is not None:
         _SPEC_CACHE.move_to_end(job_id)
         return cached
-    out: dict[str, tuple[str, int]] = {}
+    out: dict[str, str] = {}
     try:
         spec = json.loads(spec_json or "{}")
     except ValueError:
         spec = {}
     for n in spec.get("nodes", []) if isinstance(spec, dict) else []:
         if isinstance(n, dict) and isinstance(n.get("node_id"), str):
-            config = n.get("config") if isinstance(n.get("config"), dict) else {}
-            tries = config.get("max_attempts", 1) if isinstance(config, dict) else 1
-            out[n["node_id"]] = (str(n.get("agent_type") or "-"),
-                                 tries if isinstance(tries, int) and 0 < tries <= 100 else 1)
+            out[n["node_id"]] = str(n.get("agent_type") or "-")
     _SPEC_CACHE[job_id] = out
     while len(_SPEC_CACHE) > _SPEC_CACHE_SIZE:
         _SPEC_CACHE.popitem(last=False)
@@ -102,7 +102,7 @@ def agent_row(agent: str, st: AgentState, atype: str, rec: dict[str, Any] | None
         duration = finished - started
     return {"agent": agent, "type": atype, "status": st.status, "attempt": st.attempt, "node": st.node or None,
             "exit_code": field("exit_code"), "duration_ms": duration,
-            "started_ms": started, "finished_ms": finished, "error": st.error or rec.get("error") or None}
+            "started_ms": started, "finished_ms": finished, "error": st.error or rec.get("reason") or None}
 
 
 async def agents(request: web.Request) -> web.Response:
@@ -122,7 +122,7 @@ async def agents(request: web.Request) -> web.Response:
         fields = [f"{a}:{states[a].attempt}" for a in names]
         recs = await store.guard(store.r.hmget(attempts_key(store, job_id), fields))
     specs = agent_specs(job_id, h.get("spec"))
-    rows = [agent_row(a, states[a], specs.get(a, ("-", 1))[0], decode_attempt(r))
+    rows = [agent_row(a, states[a], specs.get(a, "-"), decode_attempt(r))
             for a, r in zip(names, recs, strict=True)]
     return json_response({"job_id": job_id, "status": h.get("status"), "agents": rows, "cursor": str(cursor),
                           "total": int(h.get("agents_total", "0") or 0)})
@@ -179,14 +179,13 @@ async def logs(request: web.Request) -> web.Response:
     node = _node(request)
     store = node.store
     raw_state = await store.guard(store.r.hget(store.key("job", job_id, "agents"), agent))
-    tries = agent_specs(job_id, h.get("spec")).get(agent, ("", 1))[1]
     if raw_state is None and agent not in agent_specs(job_id, h.get("spec")):
         return error(404, f"job {job_id} has no agent {agent[:80]!r}", f"list its agents with `mn agents {job_id}`")
     st = AgentState.decode(raw_state) if raw_state is not None else AgentState()
-    top = min(MAX_CANDIDATES, (st.attempt + 1) * tries + 1)
-    numbers = [int(want)] if want else list(range(top + 1))
+    # records are numbered by dispatched attempt (1 up); at most the latest MAX_CANDIDATES
+    numbers = [int(want)] if want else list(range(max(1, st.attempt - MAX_CANDIDATES + 1), st.attempt + 1))
     fields = [f"{agent}:{n}" for n in numbers]
-    recs = await store.guard(store.r.hmget(attempts_key(store, job_id), fields))
+    recs = await store.guard(store.r.hmget(attempts_key(store, job_id), fields)) if fields else []
     attempts = [_with_key(f, decode_attempt(r)) for f, r in zip(fields, recs, strict=True) if r is not None]
     running = None
     if st.status == "dispatched" and st.node and (not want or int(want) == st.attempt):

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -91,8 +92,11 @@ def cmd_agents(api: Api, args: argparse.Namespace) -> int:
 
 def _header(rec: dict[str, Any]) -> str:
     bits = [f"exit {_dash(rec.get('exit_code'))}", duration(rec.get("duration_ms"))]
-    if rec.get("error"):
-        bits.append(str(rec["error"]))
+    tries = rec.get("tries")
+    if isinstance(tries, int) and tries > 1:
+        bits.append(f"{tries} tries")
+    if rec.get("reason"):
+        bits.append(str(rec["reason"]))
     where = f"attempt {_dash(rec.get('attempt'))} on {_dash(rec.get('node'))}"
     return f"== {rec.get('agent')} {where}: {', '.join(bits)} =="
 
@@ -101,12 +105,12 @@ def print_attempt(rec: dict[str, Any], with_output: bool = True) -> None:
     print(_header(rec))
     if not with_output:
         return
-    for stream in ("stdout", "stderr"):
-        text = rec.get(f"{stream}_tail")
+    for stream in ("stdout", "stderr"):  # the tails the attempt record keeps
+        text = rec.get(stream)
         if text:
             print(f"--- {stream} (tail) ---")
             print(str(text).rstrip("\n"))
-    if not rec.get("stdout_tail") and not rec.get("stderr_tail"):
+    if not rec.get("stdout") and not rec.get("stderr"):
         print("(no output)")
 
 
@@ -157,26 +161,39 @@ def cmd_logs(api: Api, args: argparse.Namespace) -> int:
         time.sleep(POLL_S)
 
 
+@dataclass
+class _Live:
+    """What ``mn logs AGENT --follow`` has streamed: the attempt and runner try followed, the
+    bytes of each stream already printed, and the attempts whose output was printed live."""
+
+    attempt: int | None = None
+    try_: int | None = None
+    offsets: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    streamed: set[int] = field(default_factory=set)
+
+
 def _agent_logs(api: Api, args: argparse.Namespace) -> int:
     seen: set[str] = set()
-    live_of: int | None = None
-    streamed: set[int] = set()  # attempts whose output was printed live
-    offsets = {"stdout": 0, "stderr": 0}
+    live = _Live()
     while True:
         r = api.get(_logs_path(args.job_id, agent=args.agent, attempt=args.attempt,
-                               stdout_offset=offsets["stdout"], stderr_offset=offsets["stderr"]))
+                               stdout_offset=live.offsets["stdout"], stderr_offset=live.offsets["stderr"]))
         for rec in r.get("attempts", []):
             if _key(rec) in seen:
                 continue
             seen.add(_key(rec))
             if args.json:
                 print(json.dumps(rec), flush=True)
+            elif rec.get("attempt") in live.streamed:
+                # streamed live already: what it wrote after the last poll, then its outcome
+                if rec.get("attempt") == live.attempt:
+                    _print_rest(rec, live.offsets)
+                print_attempt(rec, with_output=False)
             else:
-                # an attempt streamed live already showed its output: only its outcome now
-                print_attempt(rec, with_output=rec.get("attempt") not in streamed)
+                print_attempt(rec)
         running = r.get("running") if args.follow else None
         if isinstance(running, dict):
-            live_of = _print_live(running, live_of, offsets, args.json, streamed)
+            _print_live(running, live, args.json)
         sys.stdout.flush()
         done = r.get("job_status") in TERMINAL or (r.get("status") in ("completed", "failed") and not running)
         if not args.follow or done:
@@ -188,34 +205,56 @@ def _agent_logs(api: Api, args: argparse.Namespace) -> int:
         time.sleep(POLL_S)
 
 
-def _print_live(running: dict[str, Any], live_of: int | None, offsets: dict[str, int], as_json: bool,
-                streamed: set[int]) -> int | None:
-    """Print what a running attempt wrote since ``offsets`` (adding it to ``streamed`` once
-    something was printed); returns the attempt followed."""
+def _print_rest(rec: dict[str, Any], offsets: dict[str, int]) -> None:
+    """The end of a finished attempt's output that the live stream had not shown yet (from its
+    record's tail and total byte counts)."""
+    for stream, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        total = rec.get(f"{stream}_bytes")
+        tail = str(rec.get(stream) or "").encode()
+        if not isinstance(total, int) or total <= offsets[stream]:
+            continue
+        missing = total - offsets[stream]
+        if missing > len(tail):
+            out.write(f"... ({missing - len(tail)} bytes of {stream} not kept) ...\n")
+        out.write(tail[-missing:].decode(errors="replace"))
+        out.flush()
+        offsets[stream] = total
+
+
+def _print_live(running: dict[str, Any], live: _Live, as_json: bool) -> None:
+    """Print what a running attempt wrote since ``live.offsets`` (a new attempt, or a new try
+    of the runner inside it, starts its streams again from 0)."""
     attempt = running.get("attempt")
     if not isinstance(attempt, int):
-        return live_of
-    if attempt != live_of:
-        offsets.update(stdout=0, stderr=0)
+        return
+    got = running.get("live")
+    info = got if isinstance(got, dict) else {}
+    try_ = info.get("try") if isinstance(info.get("try"), int) else None
+    if attempt != live.attempt:
+        live.offsets.update(stdout=0, stderr=0)
+        live.attempt, live.try_ = attempt, None
         if not as_json:
             print(f"== attempt {attempt} running on {_dash(running.get('node'))} ==", flush=True)
-    live = running.get("live")
-    if not isinstance(live, dict):
-        return attempt
-    new_offsets = live.get("offsets") if isinstance(live.get("offsets"), dict) else {}
+    if try_ is not None and try_ != live.try_:
+        retried, live.try_ = live.try_ is not None, try_
+        if retried:  # the runner retried: the new try's files start at 0
+            live.offsets.update(stdout=0, stderr=0)
+            if not as_json:
+                print(f"-- try {try_} --", flush=True)
+            return  # this answer was read from the old offsets; ask again from 0
+    new_offsets = info.get("offsets") if isinstance(info.get("offsets"), dict) else {}
     for stream, out in (("stdout", sys.stdout), ("stderr", sys.stderr)):
-        text = live.get(stream)
+        text = info.get(stream)
         if isinstance(text, str) and text:
-            streamed.add(attempt)
+            live.streamed.add(attempt)
             if as_json:
                 print(json.dumps({"attempt": attempt, "stream": stream, "text": text}), flush=True)
             else:
                 out.write(text)
                 out.flush()
-        got = new_offsets.get(stream) if isinstance(new_offsets, dict) else None
-        offsets[stream] = got if isinstance(got, int) else offsets[stream] + len(
+        pos = new_offsets.get(stream) if isinstance(new_offsets, dict) else None
+        live.offsets[stream] = pos if isinstance(pos, int) else live.offsets[stream] + len(
             text.encode() if isinstance(text, str) else b"")
-    return attempt
 
 
 def register(sub: Any, job_id: Any) -> None:

@@ -1,7 +1,7 @@
 """mn validate / run / agents / logs and the routes behind them, against real nodes and Redis.
 
-Which job engine runs a bundle job is not this file's business: these tests check what the
-operator surfaces send, store, refuse and print.
+The jobs run for real (the engine's command executors): these tests check what the operator
+surfaces send, store, refuse and print, against what the engine did and recorded.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import redis
 from mn_node.bundles import archive
 from mn_node.config import api_token
 from mn_node.jobs.cli import format_result
-from tests.jobs._jobs import rclient, submit, wait_done
+from tests.jobs._bundles import one_command_bundle, prime_bundle
+from tests.jobs._jobs import rclient, wait_done
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -100,16 +101,21 @@ def test_run_uploads_once_and_the_node_validates_the_stored_bundle(make_cluster:
     data, sha = archive.pack(WORDCOUNT)
     assert job["bundle"] == sha and job["progress"]["total"] == 6
     assert redis.Redis.from_url(c.redis_url).get(f"{c.namespace}:bundle:{sha}") == data
-    r = mn("agents", job["job_id"], api=api)  # the job has not started: no agent states yet
-    assert r.returncode == 0 and "no agent has a state yet" in r.stdout, (r.stdout, r.stderr)
+    assert wait_done(c, job["job_id"])["status"] == "completed"
+    r = mn("agents", job["job_id"], api=api)
+    assert r.returncode == 0 and "6 agents: 6 completed" in r.stdout, (r.stdout, r.stderr)
     # a bad bundle: every problem, nothing uploaded
     r = mn("run", str(bad_bundle(tmp_path / "local")), api=api, cookie=c.cookie)
     assert r.returncode == 65 and r.stderr.count("problem: ") >= 2, r.stderr
     assert len([k for k in rclient(c).keys(f"{c.namespace}:bundle:*") if not k.endswith(":jobs")]) == 1
-    # the second run finds the bundle stored: the node answers, the job is new
-    r2 = mn("run", str(WORDCOUNT), "--json", api=c.nodes[1].api, cookie=c.cookie)
+    # the second run finds the bundle stored: the node answers, the job is new, and runs to its result
+    r2 = mn("run", str(WORDCOUNT), "--wait", "--json", api=c.nodes[1].api, cookie=c.cookie)
     assert r2.returncode == 0, r2.stderr
-    assert json.loads(r2.stdout)["job_id"] != job["job_id"]
+    done = json.loads(r2.stdout)
+    assert done["job_id"] != job["job_id"] and done["status"] == "completed", done
+    result = done["result"]
+    assert result["mode"] == "wordcount" and len(result["files"]) == 3, result
+    assert result["total_words"] == sum(result["files"].values()) > 100 and result["top_10"][0][0] == "the"
     info = c.get(2, f"/api/v1/bundles/{sha}")
     assert info["stored"] is True and info["max_bytes"] == archive.DEFAULT_MAX_BYTES
     # an archive whose manifest is bad, uploaded directly: the node validates what it stored
@@ -157,52 +163,70 @@ def test_bundle_over_the_nodes_cap_is_413_and_exit_65(make_cluster: Any, tmp_pat
     assert hashlib.sha256(data).hexdigest() == sha
 
 
-def test_agents_pages_and_logs_read_attempt_records(make_cluster: Any) -> None:
+def test_agents_and_logs_show_what_the_engine_ran(make_cluster: Any, tmp_path: Path) -> None:
     c = make_cluster(2)
     c.wait_leader()
-    job = submit(c, {"workers": 5, "start": 1000003})
-    done = wait_done(c, job["job_id"])
-    assert done["status"] == "completed"
-    jid = job["job_id"]
+    bundle = prime_bundle(tmp_path / "primes", 4)
+    r = mn("run", str(bundle), "--wait", "--json", api=c.nodes[0].api, cookie=c.cookie)
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout)
+    assert done["status"] == "completed" and done["result"]["prime_count"] == 32, done  # 1000003.. 400 numbers
+    jid = done["job_id"]
+    total = done["progress"]["total"]
     r = mn("agents", jid, api=c.nodes[1].api)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0].split() == ["AGENT", "TYPE", "STATUS", "ATTEMPT", "NODE", "EXIT", "DURATION"]
-    assert "8 agents: 8 completed" in r.stdout
-    assert any(ln.split()[:3] == ["prime_worker_0001", "executor", "completed"] for ln in lines), r.stdout
-    # paged: every agent exactly once, whatever the page size
+    assert f"{total} agents: {total} completed" in r.stdout, r.stdout
+    row = next(ln.split() for ln in lines if ln.startswith("prime_worker_0001 "))
+    assert row[:4] == ["prime_worker_0001", "executor", "completed", "1"] and row[5] == "0", r.stdout
+    assert row[6].endswith("ms") or row[6].endswith("s"), r.stdout
+    # paged: every agent exactly once, whatever the page size; the commands' exit codes and durations
     r = mn("agents", jid, "--page-size", "2", "--json", api=c.nodes[0].api)
     rows = json.loads(r.stdout)
-    assert sorted(a["agent"] for a in rows) == sorted(set(a["agent"] for a in rows)) and len(rows) == 8
-    assert all(a["exit_code"] is None for a in rows)  # an entry-point task has none: printed "-"
-    # attempt records as the engine writes them
-    rc = rclient(c)
-    rec = {"agent": "prime_worker_0002", "attempt": 1, "node": c.nodes[0].name, "exit_code": 3,
-           "duration_ms": 41, "stdout_tail": "checked 100\n", "stderr_tail": "starting\ndisk on fire\n",
-           "started_ms": 1, "finished_ms": 42, "error": "exit code 3"}
-    rc.hset(f"{c.namespace}:job:{jid}:attempts", mapping={
-        "prime_worker_0002:1": json.dumps(rec),
-        "prime_worker_0002:2": json.dumps({**rec, "attempt": 2, "exit_code": 0, "stderr_tail": "",
-                                           "error": None}),
-        "prime_worker_0003:1": json.dumps({"exit_code": 0}),  # a sparse record: '-' for the rest
-    })
+    assert len(rows) == total and len({a["agent"] for a in rows}) == total
+    workers = [a for a in rows if a["agent"].startswith("prime_worker_")]
+    assert len(workers) == 4 and all(a["exit_code"] == 0 and a["duration_ms"] > 0 for a in workers), workers
+    assert all(a["node"] in {n.name for n in c.nodes} for a in workers), workers
+    # logs: the attempt record the executor wrote, its stdout as the command printed it
+    recs = {k: json.loads(v) for k, v in rclient(c).hgetall(f"{c.namespace}:job:{jid}:attempts").items()}
+    rec = recs["prime_worker_0002:1"]
+    assert rec["exit_code"] == 0 and rec["stdout"].strip(), rec
     r = mn("logs", jid, "prime_worker_0002", api=c.nodes[1].api)
     assert r.returncode == 0, r.stderr
-    assert "attempt 1" in r.stdout and "exit 3" in r.stdout and "disk on fire" in r.stdout
-    assert "attempt 2" in r.stdout and "exit 0" in r.stdout
+    assert f"== prime_worker_0002 attempt 1 on {rec['node']}: exit 0" in r.stdout, r.stdout
+    assert rec["stdout"].strip().splitlines()[-1] in r.stdout
+    r = mn("logs", jid, "prime_worker_0002", "--attempt", "1", "--json", api=c.nodes[1].api)
+    assert [json.loads(ln)["attempt"] for ln in r.stdout.splitlines()] == [1]
     r = mn("logs", jid, "prime_worker_0002", "--attempt", "2", "--json", api=c.nodes[1].api)
-    recs = [json.loads(ln) for ln in r.stdout.splitlines()]
-    assert [x["attempt"] for x in recs] == [2]
-    r = mn("logs", jid, api=c.nodes[0].api)
+    assert r.returncode == 0 and r.stdout == "", r.stdout
+    r = mn("logs", jid, api=c.nodes[0].api)  # every finished attempt, each once
     assert r.returncode == 0, r.stderr
-    assert "prime_worker_0003 attempt 1 on -: exit 0, -" in r.stdout, r.stdout
-    assert r.stdout.count("== prime_worker_0002") == 2
+    assert all(r.stdout.count(f"== prime_worker_000{i} attempt 1") == 1 for i in range(1, 5)), r.stdout
     r = mn("logs", jid, "nope", api=c.nodes[0].api)
     assert r.returncode == 69 and "no agent 'nope'" in r.stderr
     r = mn("logs", jid, "--attempt", "1", api=c.nodes[0].api)
     assert r.returncode == 64
     status, body = c.get_status(1, f"/api/v1/jobs/{jid}/agents?limit=0")
     assert status == 400 and "limit" in body["error"]
+
+
+def test_a_failing_command_shows_its_exit_code_tries_and_stderr(make_cluster: Any, tmp_path: Path) -> None:
+    c = make_cluster(1)
+    c.wait_leader()
+    code = "import sys; print('checked 100'); print('disk on fire', file=sys.stderr); sys.exit(3)"
+    bundle = one_command_bundle(tmp_path / "fails", ["python3", "-c", code], max_attempts=2, retry_backoff_ms=10)
+    r = mn("run", str(bundle), "--wait", "--json", api=c.nodes[0].api, cookie=c.cookie)
+    assert r.returncode != 0 and json.loads(r.stdout)["status"] == "failed", (r.stdout, r.stderr)
+    jid = json.loads(r.stdout)["job_id"]
+    r = mn("agents", jid, "--status", "failed", "--json", api=c.nodes[0].api)
+    (work,) = json.loads(r.stdout)
+    assert work["agent"] == "work" and work["exit_code"] == 3 and work["attempt"] == 1 and work["error"], work
+    r = mn("logs", jid, "work", api=c.nodes[0].api)
+    assert r.returncode == 0, r.stderr
+    head = next(ln for ln in r.stdout.splitlines() if ln.startswith("== work attempt 1"))
+    assert "exit 3" in head and "2 tries" in head, r.stdout
+    assert "--- stderr (tail) ---" in r.stdout and "disk on fire" in r.stdout and "checked 100" in r.stdout
 
 
 def test_result_printer_shows_any_result() -> None:
@@ -230,55 +254,69 @@ def test_new_commands_complete(tmp_path: Path) -> None:
     assert "'1:dir:_files -/'" in zsh
 
 
-def test_logs_follow_waits_for_a_running_attempt_and_prints_its_outcome(make_cluster: Any) -> None:
+# prints a line on each stream, waits (60 s at most) for the file argv[1], prints another line, exits 0
+WAITER = ("import os, sys, time\n"
+          "print('waiting for go', flush=True)\n"
+          "print('err before go', file=sys.stderr, flush=True)\n"
+          "deadline = time.monotonic() + 60\n"
+          "while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:\n"
+          "    time.sleep(0.05)\n"
+          "print('got go' if os.path.exists(sys.argv[1]) else 'no go', flush=True)\n")
+
+
+def test_logs_follow_streams_a_running_command_then_prints_its_outcome(make_cluster: Any, tmp_path: Path) -> None:
     c = make_cluster(1)
     c.wait_leader()
-    r = mn("run", str(WORDCOUNT), "--json", api=c.nodes[0].api, cookie=c.cookie)
+    go = tmp_path / "go"
+    bundle = one_command_bundle(tmp_path / "waits", ["python3", "-c", WAITER, str(go)])
+    r = mn("run", str(bundle), "--json", api=c.nodes[0].api, cookie=c.cookie)
     assert r.returncode == 0, r.stderr
     jid = json.loads(r.stdout)["job_id"]
-    rc = rclient(c)
-    agents_key, attempts_key = f"{c.namespace}:job:{jid}:agents", f"{c.namespace}:job:{jid}:attempts"
-    rc.hset(agents_key, "count_harbor", json.dumps({"status": "dispatched", "attempt": 1, "node": c.nodes[0].name}))
-    status, body = c.get_status(1, f"/api/v1/jobs/{jid}/logs?agent=count_harbor")
-    assert status == 200 and body["running"]["attempt"] == 1 and body["attempts"] == [], body
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRROR_NEURON_")}
     follower = subprocess.Popen([sys.executable, "-m", "mn_node.cli", "--api", c.nodes[0].api, "logs", jid,
-                                 "count_harbor", "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 "work", "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=env)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(follower.stdout.readline, "")), daemon=True)
-    reader.start()
+    out_lines: list[str] = []
+    err_lines: list[str] = []
+    readers = [threading.Thread(target=lambda f=f, dst=dst: dst.extend(iter(f.readline, "")), daemon=True)
+               for f, dst in ((follower.stdout, out_lines), (follower.stderr, err_lines))]
+    for t in readers:
+        t.start()
     try:
-        # it shows the running attempt and keeps following while it runs
-        wait_until(lambda: any("running on" in ln for ln in lines), 15, "the running attempt's header")
-        assert follower.poll() is None
-        rc.hset(attempts_key, "count_harbor:1", json.dumps({
-            "agent": "count_harbor", "attempt": 1, "node": c.nodes[0].name, "exit_code": 0, "duration_ms": 25,
-            "stdout_tail": '{"words": 42}\n', "stderr_tail": ""}))
-        rc.hset(agents_key, "count_harbor", json.dumps({"status": "completed", "attempt": 1,
-                                                         "node": c.nodes[0].name, "exit_code": 0}))
-        follower.wait(20)
-        reader.join(5)
-        err = follower.stderr.read()
-        out = "".join(lines)
+        # the running attempt's header and its live output on both streams, while it waits
+        wait_until(lambda: "waiting for go\n" in out_lines and "err before go\n" in err_lines, 30,
+                   "the running command's live output")
+        assert any(ln.startswith(f"== attempt 1 running on {c.nodes[0].name}") for ln in out_lines), out_lines
+        assert follower.poll() is None and not any("exit" in ln for ln in out_lines), out_lines
+        go.write_text("")
+        follower.wait(30)
+        for t in readers:
+            t.join(5)
     finally:
         if follower.poll() is None:
             follower.kill()
             follower.wait()
+    out, err = "".join(out_lines), "".join(err_lines)
     assert follower.returncode == 0, err
-    assert "== attempt 1 running on" in out and "count_harbor attempt 1" in out and "exit 0" in out, out
-    assert '{"words": 42}' in out  # nothing was streamed live (no live output here): the tail is printed
-    row = next(a for a in json.loads(mn("agents", jid, "--json", api=c.nodes[0].api).stdout)
-               if a["agent"] == "count_harbor")
-    assert row["exit_code"] == 0 and row["duration_ms"] == 25 and row["type"] == "executor"
+    # the rest of its output once, then its outcome; nothing printed twice
+    assert out.count("waiting for go") == 1 and out.count("got go") == 1 and err.count("err before go") == 1, out
+    outcome = next(ln for ln in out_lines if ln.startswith("== work attempt 1 on"))
+    assert "exit 0" in outcome and out.index("got go") < out.index(outcome), out
+    assert "(tail)" not in out, out  # streamed live: the record's tails are not printed again
+    row = next(a for a in json.loads(mn("agents", jid, "--json", api=c.nodes[0].api).stdout) if a["agent"] == "work")
+    assert row["status"] == "completed" and row["exit_code"] == 0 and row["type"] == "executor", row
+    assert row["duration_ms"] > 0
 
 
 def test_agents_of_a_big_job_come_in_pages(make_cluster: Any) -> None:
     c = make_cluster(1)
     c.wait_leader()
-    r = mn("run", str(WORDCOUNT), "--json", api=c.nodes[0].api, cookie=c.cookie)
+    r = mn("run", str(WORDCOUNT), "--wait", "--json", api=c.nodes[0].api, cookie=c.cookie)
+    assert r.returncode == 0, r.stderr
     jid = json.loads(r.stdout)["job_id"]
-    n = 20_000
+    real = {a["agent"] for a in json.loads(mn("agents", jid, "--json", api=c.nodes[0].api).stdout)}
+    assert len(real) == 6, real  # the job ran: its own agents are there, all completed
+    n = 20_000  # synthetic agents added to the ended job (nothing coordinates it any more)
     rc = rclient(c)
     pipe = rc.pipeline(transaction=False)
     for i in range(0, n, 1000):
@@ -291,8 +329,9 @@ def test_agents_of_a_big_job_come_in_pages(make_cluster: Any) -> None:
     r = mn("agents", jid, "--page-size", "1000", "--json", api=c.nodes[0].api)
     assert r.returncode == 0, r.stderr
     names = [a["agent"] for a in json.loads(r.stdout)]
-    assert len(names) == n and len(set(names)) == n
+    assert len(names) == n + len(real) and set(names) == real | {f"w{k:06d}" for k in range(n)}
+    failed = len(range(0, n, 7))
     r = mn("agents", jid, "--status", "failed", api=c.nodes[0].api)
-    assert f"{len(range(0, n, 7))} agents: {len(range(0, n, 7))} failed" in r.stdout
+    assert f"{failed} agents: {failed} failed" in r.stdout
     counts = c.get(1, f"/api/v1/jobs/{jid}")["agents"]
-    assert counts == {"completed": n - len(range(0, n, 7)), "failed": len(range(0, n, 7))}
+    assert counts == {"completed": n - failed + len(real), "failed": failed}

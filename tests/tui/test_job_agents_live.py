@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mn_tui.app import MnTui
 from mn_tui.provider import LiveProvider
-from tests.jobs._jobs import rclient, submit, wait_done
+from tests.jobs._bundles import prime_bundle, submit_bundle
+from tests.jobs._jobs import wait_done
 from tests.support.cluster import Cluster
 from tests.tui.helpers import column, wait_screen
 
 pytestmark = pytest.mark.slow
 
 
-async def test_job_view_shows_agents_and_a_failing_agents_stderr(make_cluster: Any) -> None:
+FAIL = "import sys\nfor w in 'one two three four five six seven'.split(): print(w, file=sys.stderr)\n" \
+       "print('disk on fire', file=sys.stderr)\nsys.exit(3)\n"
+
+
+async def test_job_view_shows_agents_and_a_failing_agents_stderr(make_cluster: Any, tmp_path: Path) -> None:
     c: Cluster = make_cluster(1)
     c.wait_leader()
-    job = submit(c, {"workers": 30, "start": 1000003})
-    jid = job["job_id"]
-    assert wait_done(c, jid)["status"] == "completed"
-    # an attempt record as the engine writes it, for a worker whose command exited 3
-    rclient(c).hset(f"{c.namespace}:job:{jid}:attempts", "prime_worker_0007:1", json.dumps({
-        "agent": "prime_worker_0007", "attempt": 1, "exit_code": 3, "duration_ms": 12,
-        "stderr_tail": "one\ntwo\nthree\nfour\nfive\nsix\nseven\ndisk on fire\n"}))
+    # the prime sweep bundle, 30 workers, one of which really exits 3 after 8 lines of stderr
+    bundle = prime_bundle(tmp_path / "primes", 30)
+    m = json.loads((bundle / "manifest.json").read_text())
+    for node in m["nodes"]:
+        if node["node_id"] == "prime_worker_0007":
+            node["config"].update(command=["python3", "-c", FAIL], max_attempts=1)
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    jid = await asyncio.to_thread(submit_bundle, c, bundle)  # it runs its own event loop
+    assert wait_done(c, jid)["status"] == "failed"
     provider = LiveProvider(c.nodes[0].api, timeout=2.0)
     detail = await provider.job(jid)
     page = detail.agents
