@@ -82,7 +82,6 @@ class Reloader:
         self._load = load
         self._live: dict[str, LiveField] = {}
         self._lock = asyncio.Lock()
-        self.reloads = 0
 
     def register(self, attr: str, apply: ApplyFn, *, var: str | None = None, show: Callable[[Any], str] = str,
                  refuse: Callable[[Any, Any], str | None] | None = None) -> None:
@@ -91,14 +90,9 @@ class Reloader:
             raise ValueError(f"Config has no attribute {attr!r}")
         self._live[attr] = LiveField(attr, var or var_of(attr), apply, show, refuse)
 
-    @property
-    def live_fields(self) -> list[str]:
-        return sorted(self._live)
-
     async def reload(self) -> ReloadReport:
         """Load the configuration again and apply the live changes; never raises."""
         async with self._lock:
-            self.reloads += 1
             try:
                 new = await asyncio.to_thread(self._load)
             except (MirrorNeuronError, OSError) as e:

@@ -66,6 +66,14 @@ def mn_nodes_json(api: str) -> list[dict[str, Any]]:
     return rows
 
 
+def mn_nodes_text(api: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIRROR_NEURON_")}
+    p = subprocess.run([sys.executable, "-m", "mn_node.cli", "--api", api, "nodes"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
 def test_sighup_applies_live_settings_keeps_leases_and_names_restart_ones(make_cluster: Any,
                                                                          tmp_path: Path) -> None:
     c: Cluster = make_cluster(1, start=False)
@@ -90,8 +98,19 @@ def test_sighup_applies_live_settings_keeps_leases_and_names_restart_ones(make_c
     assert "MIRROR_NEURON_LINK_TICK_MS" in restart_line and "WARNING" in restart_line
     # the capacity reaches the registration on its next refresh, and `mn nodes`
     wait_until(lambda: registration(c, node).get("capacity") == "5", 10, "capacity 5 in the registration")
-    row = next(r for r in mn_nodes_json(node.api) if r["name"] == node.name)
-    assert row["capacity"] == 5 and row["load"]["slots_total"] == 5, row
+    def my_row() -> dict[str, Any] | None:
+        r = next(r for r in mn_nodes_json(node.api) if r["name"] == node.name)
+        return r if r["load"].get("slots_used") == 1 else None
+
+    row = wait_until(my_row, 15, "the running command's slot in the registration")
+    facts = row["load"]
+    assert row["capacity"] == 5 and facts["slots_total"] == 5, row
+    # node facts: the sleeping command holds one slot
+    assert facts["slots_used"] == 1 and facts["slots_free"] == 4, facts
+    assert facts["cpus"] == os.cpu_count() and facts["mem_total"] >= facts["mem_available"] > 0, facts
+    assert facts["commands"] == "on" and row["commands"] == "on" and row["drain"] == "" and row["version"], row
+    text = mn_nodes_text(node.api)
+    assert "SLOTS USED/FREE" in text and " 1/4 " in text and "MEM FREE/TOTAL" in text, text
     assert c.get(1, "/api/v1/system/summary")["executor_capacity"] == 5
     # still up, same incarnation, same leases (same tokens: same epochs)
     assert node.alive() and c.get_status(1, "/api/v1/health")[0] == 200
