@@ -40,7 +40,7 @@ from mn_node.errors import (
     UnavailableError,
 )
 from mn_node.jobs.api import add_routes as add_job_routes
-from mn_node.logs import set_level, setup_logging
+from mn_node.logs import current_level, set_level, setup_logging
 from mn_node.membership import Member
 from mn_node.metrics import NodeMetrics
 from mn_node.node import NodeStatus, build_parts
@@ -154,7 +154,7 @@ class Node:
         changed setting is logged as needing a restart."""
         r, p = self.reloader, self.parts
         r.register("log_level", lambda old, new: set_level(new))
-        r.register("log_format", lambda old, new: setup_logging(self.cfg.name, self.reloader.cfg.log_level, new))
+        r.register("log_format", lambda old, new: setup_logging(self.cfg.name, current_level(), new))
         r.register("executor_capacity", self._apply_capacity)
         r.register("command_timeout_s", lambda old, new: setattr(p.jobs.executor.commands, "default_timeout_s", new),
                    show=lambda s: f"{s:g}s")

@@ -124,3 +124,8 @@ def setup_logging(node: str, level: str = "INFO", fmt: str = "text") -> None:
 def set_level(level: str) -> None:
     """Change the root logger's level while running (MIRROR_NEURON_LOG_LEVEL on reload)."""
     logging.getLogger().setLevel(level)
+
+
+def current_level() -> str:
+    """The root logger's level name now (a reload may have changed it)."""
+    return logging.getLevelName(logging.getLogger().level)

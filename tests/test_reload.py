@@ -191,3 +191,60 @@ def _drain(sock: socket.socket, until: str, timeout: float) -> list[str]:
 
     wait_until(received, timeout, f"{until} on the notify socket", interval=0)
     return got
+
+
+# ---- the Reloader's registry, in-process (the API other layers register their settings with) ----
+BASE = {"MIRROR_NEURON_COOKIE": "x" * 40, "MIRROR_NEURON_NODE_NAME": "mn1@127.0.0.1",
+        "MIRROR_NEURON_REDIS_URL": "redis://127.0.0.1:6379/0"}
+
+
+def test_reloader_registry_applies_refuses_and_keeps_old_values_on_failure() -> None:
+    import asyncio
+    import logging
+
+    from mn_node.config import load_config
+    from mn_node.logs import current_level, set_level, setup_logging
+    from mn_node.reload import Reloader
+
+    env = dict(BASE)
+    r = Reloader(load_config(env), lambda: load_config(env))
+    seen: list[tuple[str, Any, Any]] = []
+
+    def boom(old: Any, new: Any) -> None:
+        raise RuntimeError("pool gone")
+
+    async def timeout(old: float, new: float) -> None:  # async callbacks are awaited
+        seen.append(("timeout", old, new))
+
+    r.register("executor_capacity", boom)
+    r.register("command_timeout_s", timeout, show=lambda s: f"{s:g}s")
+    r.register("log_level", lambda old, new: set_level(new))
+    r.register("log_format", lambda old, new: setup_logging("t", current_level(), new))
+    r.register("nodes", lambda old, new: seen.append(("nodes", old, new)),
+               refuse=lambda old, new: "removed" if set(old) - set(new) else None)
+    with pytest.raises(ValueError):
+        r.register("no_such_setting", boom)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        env.update({"MIRROR_NEURON_EXECUTOR_CAPACITY": "7", "MIRROR_NEURON_COMMAND_TIMEOUT": "2m",
+                    "MIRROR_NEURON_LOG_LEVEL": "DEBUG", "MIRROR_NEURON_LOG_FORMAT": "json",
+                    "MIRROR_NEURON_API_PORT": "4100", "MIRROR_NEURON_CLUSTER_NODES": "mn1@127.0.0.1,mn2@127.0.0.2"})
+        report = asyncio.run(r.reload())
+        assert report.failed == ["MIRROR_NEURON_EXECUTOR_CAPACITY"] and report.refused is None
+        assert report.restart == ["MIRROR_NEURON_API_PORT"]
+        assert set(report.applied) == {"MIRROR_NEURON_COMMAND_TIMEOUT", "MIRROR_NEURON_LOG_LEVEL",
+                                       "MIRROR_NEURON_LOG_FORMAT", "MIRROR_NEURON_CLUSTER_NODES"}
+        assert current_level() == "DEBUG"  # the format change kept the new level
+        assert r.cfg.command_timeout_s == 120 and r.cfg.api_port == 4000 and r.cfg.executor_capacity != 7
+        assert ("timeout", 3600.0, 120.0) in seen and len(r.cfg.nodes) == 2
+        env["MIRROR_NEURON_CLUSTER_NODES"] = "mn1@127.0.0.1"  # a removal needs a restart
+        env["MIRROR_NEURON_LOG_LEVEL"] = "LOUD"
+        assert asyncio.run(r.reload()).refused == ("MIRROR_NEURON_LOG_LEVEL: 'LOUD' is unknown; fix: use DEBUG, "
+                                                   "INFO, WARNING or ERROR")
+        env["MIRROR_NEURON_LOG_LEVEL"] = "DEBUG"
+        report = asyncio.run(r.reload())
+        assert report.restart[0].startswith("MIRROR_NEURON_CLUSTER_NODES (removed") and len(r.cfg.nodes) == 2
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
