@@ -91,7 +91,10 @@ class Node:
             await self._register(host=cfg.me.host)
         else:
             log.warning("redis unreachable at start (%s); will register when it answers", p.store.last_error)
-        # 3. discovery, background loops, readiness
+        # 3. discovery, background loops, readiness; a reload snapshot of an earlier incarnation is
+        # older than the environment this one started with
+        with contextlib.suppress(OSError):
+            snapshot_path(self._start_environ, cfg.state_dir).unlink(missing_ok=True)
         await self._start_discovery()
         self._start_loops()
         self.status.up = True

@@ -150,9 +150,13 @@ def test_mn_node_reload_forwards_the_environment_and_speaks_sd_notify(make_clust
     notify.bind(str(sock_dir / "notify"))
     notify.settimeout(0.2)
     first, second = c.nodes
+    stale = c.workdir / "state-mn1" / "reload-env.json"  # left by an earlier incarnation
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"MIRROR_NEURON_EXECUTOR_CAPACITY": "9"}))
     try:
         node = c.start(1, MIRROR_NEURON_CLUSTER_NODES=first.name, NOTIFY_SOCKET=str(sock_dir / "notify"))
         c.wait_started(nodes=[node])
+        assert not stale.exists()
         messages = _drain(notify, until="READY=1", timeout=15)
         assert any(m.startswith("READY=1") for m in messages), messages
         env = dict(node.env, MIRROR_NEURON_CLUSTER_NODES=c.node_list, MIRROR_NEURON_EXECUTOR_CAPACITY="3")
