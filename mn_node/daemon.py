@@ -177,6 +177,9 @@ class Node:
                     p.links.ensure_peer(peer.name, peer.host, peer.port)
 
     def request_reload(self) -> None:
+        if self.status.stopping:
+            log.info("reload requested while stopping: ignored")
+            return
         self._spawn(self.reload(), "reload")
 
     async def reload(self) -> None:
@@ -391,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {w}", file=sys.stderr)
         return EX_OK
     setup_logging(cfg.name, cfg.log_level, cfg.log_format)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's handler reloads: never die of it
     for w in cfg.warnings:
         log.warning("%s", w)
     try:
