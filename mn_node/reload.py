@@ -120,7 +120,7 @@ class Reloader:
         live = self._live.get(attr)
         why = live.refuse(old, new) if live is not None and live.refuse is not None else None
         if live is None or why:
-            report.restart.append(var_of(attr) + (f" ({why})" if why else ""))
+            report.restart.append((live.var if live else var_of(attr)) + (f" ({why})" if why else ""))
             return False
         try:
             res = live.apply(old, new)
