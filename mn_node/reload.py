@@ -7,10 +7,15 @@ needing a restart and keeps its running value. A configuration that does not loa
 unreadable env file) changes nothing: one ERROR line ``reload refused: ...; keeping the running
 configuration``. The daemon never stops on a reload.
 
-A layer that owns a live setting registers it where the daemon builds its parts::
+A layer that owns a live setting registers it in ``Node._register_live_fields`` (daemon.py)::
 
-    node.reloader.register("executor_capacity", jobs.set_capacity)
-    node.reloader.register("job_retention_s", apply_retention, show=lambda s: f"{s:g}s")
+    self.reloader.register("job_retention_s", lambda old, new: retention.set(new),
+                           var="MIRROR_NEURON_JOB_RETENTION", show=lambda s: f"{s:g}s")
+
+``register(attr, apply, *, var=None, show=str, refuse=None)``: ``attr`` must be a ``Config``
+field; ``var`` (default ``MIRROR_NEURON_<ATTR>``) names it in the log; ``show`` renders a value
+(never register a secret: values are logged); ``refuse(old, new)`` may return why this change
+needs a restart after all.
 
 Under systemd the service's environment comes from ``EnvironmentFile=``, which the service
 user cannot read; ``ExecReload=mn-node reload $MAINPID`` runs with the re-read file and hands
