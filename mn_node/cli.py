@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from mn_node import __version__
 from mn_node.cli_base import (
@@ -46,20 +47,36 @@ def cmd_nodes(api: Api, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(nodes, indent=2))
         return EX_OK
-    rows = []
-    for n in nodes:
-        rtt = "-" if n.get("rtt_ms") is None or n.get("is_self") else f"{n['rtt_ms']:.2f}ms"
-        load = n.get("load") or {}
-        rows.append([
-            n["name"] + (" *" if n.get("is_self") else ""), n["status"], n.get("address", ""),
-            (n.get("incarnation") or "-")[:16], rtt, ago(n.get("last_seen")),
-            n.get("version") or "-", str(load.get("loadavg1", "-")),
-            n.get("reason", "") if n["status"] != "up" else "",
-        ])
-    print(table(rows, ["NAME", "STATUS", "ADDRESS", "INCARNATION", "RTT", "LAST SEEN", "VERSION", "LOAD", "REASON"]))
+    rows = [_node_row(n) for n in nodes]
+    print(table(rows, ["NAME", "STATUS", "ADDRESS", "RTT", "LAST SEEN", "VERSION", "CPUS", "LOAD", "MEM FREE/TOTAL",
+                       "SLOTS USED/FREE", "DRAIN", "CMDS", "REASON"]))
     up = sum(n["status"] == "up" for n in nodes)
-    print(f"\n{up} up, {len(nodes) - up} down (* = the node answering)")
+    print(f"\n{up} up, {len(nodes) - up} down (* = the node answering; - = not reported)")
     return EX_OK
+
+
+def _node_row(n: dict[str, Any]) -> list[str]:
+    """One line of `mn nodes`: link view, then the facts the node writes into its registration."""
+    rtt = "-" if n.get("rtt_ms") is None or n.get("is_self") else f"{n['rtt_ms']:.2f}ms"
+    load = n.get("load") or {}
+    la = load.get("loadavg1")
+    mem = "-"
+    if load.get("mem_total"):
+        mem = f"{_gib(load.get('mem_available'))}/{_gib(load['mem_total'])}"
+    slots = "-"
+    if "slots_used" in load:
+        slots = f"{load['slots_used']}/{load.get('slots_free', '-')}"
+    return [
+        n["name"] + (" *" if n.get("is_self") else ""), n["status"], n.get("address", ""), rtt,
+        ago(n.get("last_seen")), n.get("version") or "-", str(load.get("cpus") or "-"),
+        "-" if la is None else f"{la:.2f}", mem, slots, n.get("drain") or "-",
+        str(n.get("commands") or load.get("commands") or "-"),
+        n.get("reason", "") if n["status"] != "up" else "",
+    ]
+
+
+def _gib(n: Any) -> str:
+    return "-" if not isinstance(n, int | float) else f"{n / 2**30:.1f}G"
 
 
 def cmd_leader(api: Api, args: argparse.Namespace) -> int:

@@ -204,6 +204,7 @@ class Config:
     command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S
     job_retention_ms: int = 7 * 86_400_000  # MIRROR_NEURON_JOB_RETENTION (7d)
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (MIRROR_NEURON_LOG_FORMAT)
     env_file: str | None = None
     warnings: tuple[str, ...] = ()
 
@@ -260,6 +261,8 @@ class Config:
             "state_dir": str(self.state_dir),
             "commands": "on" if self.commands else "off",
             "command_timeout_s": self.command_timeout_s,
+            "log_level": self.log_level,
+            "log_format": self.log_format,
             "config_fingerprint": self.fingerprint(),
             "env_file": self.env_file,
             "warnings": list(self.warnings),
@@ -404,17 +407,18 @@ def _namespace(env: Mapping[str, str]) -> str:
 
 
 def _timings(env: Mapping[str, str]) -> tuple[int, int, int, int]:
-    """(lease TTL, renew interval, link tick, link timeout) in ms, checked against each other."""
-    ms = " (milliseconds)"
-    ttl = _int(env, "LEASE_TTL_MS", 2500, 300, 600_000, ms)
-    renew = _int(env, "RENEW_INTERVAL_MS", max(100, ttl // 5), 50, 600_000, ms)
+    """(lease TTL, renew interval, link tick, link timeout) in ms, checked against each other.
+    Each ``*_MS`` variable takes a bare number of milliseconds (as before) or a duration
+    (``2500ms``, ``2.5s``)."""
+    ttl = _ms(env, "LEASE_TTL_MS", 2500, 300, 600_000)
+    renew = _ms(env, "RENEW_INTERVAL_MS", max(100, ttl // 5), 50, 600_000)
     if renew * 2 >= ttl:
         raise ConfigError(
             f"MIRROR_NEURON_RENEW_INTERVAL_MS: {renew} is not under half the lease TTL {ttl}; "
             "fix: renew at most every TTL/3 (default TTL/5)"
         )
-    tick = _int(env, "LINK_TICK_MS", 400, 50, 60_000, ms)
-    timeout = _int(env, "LINK_TIMEOUT_MS", tick * 4, 100, 600_000, ms)
+    tick = _ms(env, "LINK_TICK_MS", 400, 50, 60_000)
+    timeout = _ms(env, "LINK_TIMEOUT_MS", tick * 4, 100, 600_000)
     if timeout < 2 * tick:
         raise ConfigError(
             f"MIRROR_NEURON_LINK_TIMEOUT_MS: {timeout} is under two ticks ({2 * tick}); "
@@ -423,28 +427,43 @@ def _timings(env: Mapping[str, str]) -> tuple[int, int, int, int]:
     return ttl, renew, tick, timeout
 
 
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# ---- durations: 500ms, 90s, 15m, 2h, 7d ------------------------------------------------------
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_duration(raw: str, var: str) -> float:
-    """Seconds from ``90s``, ``15m``, ``2h``, ``500ms`` or a bare number of seconds."""
+def parse_duration(raw: str, var: str, *, bare_unit: str = "s") -> float:
+    """Seconds from ``500ms``, ``90s``, ``15m``, ``2h`` or ``7d``. A bare number is in
+    ``bare_unit``: seconds for the duration variables, milliseconds for an ``*_MS`` one (its
+    old form keeps its meaning)."""
     m = _DURATION.match(raw.strip().lower())
     if m is None or float(m.group(1)) <= 0:
-        raise ConfigError(f"{var}: {raw!r} is not a positive duration; fix: write it like 90s, 15m or 2h")
-    return float(m.group(1)) * _UNIT_S[m.group(2) or "s"]
+        raise ConfigError(f"{var}: {raw!r} is not a positive duration; "
+                          "fix: write it like 90s, 15m or 2h (units ms, s, m, h, d)")
+    return float(m.group(1)) * _UNIT_S[m.group(2) or bare_unit]
+
+
+def _ms(env: Mapping[str, str], key: str, default: int, lo: int, hi: int) -> int:
+    """An ``*_MS`` variable in whole milliseconds: a bare number (milliseconds, the old form)
+    or a duration (``2500ms``, ``2.5s``, ``1m``)."""
+    var = ENV_PREFIX + key
+    raw = env.get(var, "").strip()
+    if not raw:
+        return default
+    value = round(parse_duration(raw, var, bare_unit="ms") * 1000)
+    if not lo <= value <= hi:
+        raise ConfigError(f"{var}: {raw} ({value} ms) is out of range; fix: use {lo}-{hi} ms")
+    return value
 
 
 # ---- MIRROR_NEURON_JOB_RETENTION ----------------------------------------------------------
 DEFAULT_JOB_RETENTION = "7d"
 DEFAULT_JOB_RETENTION_MS = 7 * 86_400_000
-_DAYS = re.compile(r"^([0-9]+(?:\.[0-9]+)?)\s*d$")
 
 
 def parse_span_ms(raw: str, var: str) -> int:
-    """Milliseconds from a duration that may also be written in days (``7d``, ``12h``, ``500ms``)."""
-    days = _DAYS.match(raw.strip().lower())
-    return int((float(days.group(1)) * 86400 if days else parse_duration(raw, var)) * 1000)
+    """Milliseconds from a duration (``7d``, ``12h``, ``500ms``; a bare number is seconds)."""
+    return int(parse_duration(raw, var) * 1000)
 
 
 def job_retention_ms(env: Mapping[str, str]) -> int:
@@ -490,6 +509,13 @@ def _log_level(env: Mapping[str, str]) -> str:
             f"MIRROR_NEURON_LOG_LEVEL: {level!r} is unknown; fix: use DEBUG, INFO, WARNING or ERROR"
         )
     return level
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    fmt = env.get(ENV_PREFIX + "LOG_FORMAT", "").strip().lower() or "text"
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"MIRROR_NEURON_LOG_FORMAT: {fmt!r} is unknown; fix: use text (default) or json")
+    return fmt
 
 
 # ---- API transport: HTTPS beyond loopback ----------------------------------------------------
@@ -587,7 +613,8 @@ def load_config(
         dist_bind=dist_bind, api_bind=api_bind, api_port=api_port, api_tls=api_tls, discovery=discovery,
         lease_ttl_ms=ttl, renew_interval_ms=renew, link_tick_ms=tick, link_timeout_ms=timeout,
         executor_capacity=capacity, state_dir=_state_dir(env), commands=commands, command_timeout_s=command_timeout,
-        job_retention_ms=job_retention_ms(env), log_level=_log_level(env), env_file=env_file,
+        job_retention_ms=job_retention_ms(env), log_level=_log_level(env), log_format=_log_format(env),
+        env_file=env_file,
         warnings=tuple(_cookie_warnings(cookie) + tls_warnings),
     )
 

@@ -14,32 +14,38 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import signal
 import sys
+import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from mn_node import __version__
 from mn_node.api import build_app, server_ssl_context
-from mn_node.config import Config, load_config
+from mn_node.config import Config, NodeAddr, load_config
 from mn_node.discovery import MdnsDiscovery, StaticDiscovery
 from mn_node.errors import (
     EX_CONFIG,
     EX_OK,
     EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
     EX_USAGE,
     ConfigError,
     MirrorNeuronError,
     UnavailableError,
 )
 from mn_node.jobs.api import add_routes as add_job_routes
-from mn_node.logs import setup_logging
+from mn_node.logs import current_level, set_level, setup_logging
 from mn_node.membership import Member
 from mn_node.metrics import NodeMetrics
 from mn_node.node import NodeStatus, build_parts
 from mn_node.ports import describe_holder
+from mn_node.reload import Reloader, forward_reload, reload_environ, snapshot_path
 from mn_node.sdnotify import Notifier
 from mn_node.views import NodeView, node_load
 
@@ -66,6 +72,9 @@ class Node:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.parts.members.on_nodedown(self._on_nodedown)
+        self._start_environ = dict(os.environ)
+        self.reloader = Reloader(cfg, self._load_again)
+        self._register_live_fields()
 
     # ---- start ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -82,7 +91,10 @@ class Node:
             await self._register(host=cfg.me.host)
         else:
             log.warning("redis unreachable at start (%s); will register when it answers", p.store.last_error)
-        # 3. discovery, background loops, readiness
+        # 3. discovery, background loops, readiness; a reload snapshot of an earlier incarnation is
+        # older than the environment this one started with
+        with contextlib.suppress(OSError):
+            snapshot_path(self._start_environ, cfg.state_dir).unlink(missing_ok=True)
         await self._start_discovery()
         self._start_loops()
         self.status.up = True
@@ -134,6 +146,57 @@ class Node:
         self._spawn(self._housekeeping(), "housekeeping")
         if self.notifier.watchdog_interval:
             self._spawn(self._watchdog(), "watchdog")
+
+    # ---- reload (SIGHUP) ------------------------------------------------------------------
+    def _load_again(self) -> Config:
+        env = reload_environ(self._start_environ, snapshot_path(self._start_environ, self.cfg.state_dir))
+        return load_config(env, env_file=self.cfg.env_file)
+
+    def _register_live_fields(self) -> None:
+        """The settings a reload applies while running (see :mod:`mn_node.reload`); every other
+        changed setting is logged as needing a restart."""
+        r, p = self.reloader, self.parts
+        r.register("log_level", lambda old, new: set_level(new))
+        r.register("log_format", lambda old, new: setup_logging(self.cfg.name, current_level(), new))
+        r.register("executor_capacity", self._apply_capacity)
+        r.register("command_timeout_s", lambda old, new: setattr(p.jobs.executor.commands, "default_timeout_s", new),
+                   show=lambda s: f"{s:g}s")
+        r.register("job_retention_ms", lambda old, new: setattr(p.jobs, "retention_ms", new),
+                   var="MIRROR_NEURON_JOB_RETENTION", show=lambda ms: f"{ms / 1000:g}s")
+        r.register("nodes", self._apply_nodes, show=lambda ns: ",".join(n.name for n in ns), refuse=_nodes_refused)
+
+    def _apply_capacity(self, old: int, new: int) -> None:
+        self.parts.jobs.capacity = new
+        self.parts.jobs.executor.set_capacity(new)
+
+    def _apply_nodes(self, old: tuple[NodeAddr, ...], new: tuple[NodeAddr, ...]) -> None:
+        """Dial the added nodes (static discovery) now; the registration lists them from here on."""
+        p = self.parts
+        if "static" in self.cfg.discovery:
+            for peer in sorted(set(new) - set(old)):
+                if peer.name != self.cfg.name:
+                    p.members.expect(peer.name, peer.host)
+                    p.links.ensure_peer(peer.name, peer.host, peer.port)
+
+    def request_reload(self) -> None:
+        if self.status.stopping:
+            log.info("reload requested while stopping: ignored")
+            return
+        self._spawn(self.reload(), "reload")
+
+    async def reload(self) -> None:
+        """Re-read the configuration and apply it (systemd's reload protocol around it)."""
+        log.info("reload requested (SIGHUP)")
+        self.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        status = "reload failed, running configuration kept"
+        try:
+            report = await self.reloader.reload()
+            self.cfg = self.reloader.cfg
+            self.parts.registration.cfg = self.cfg
+            if not report.refused:
+                status = f"reloaded: {len(report.applied)} applied, {len(report.restart)} need a restart"
+        finally:
+            self.notifier.notify(f"READY=1\nSTATUS={status}")
 
     # ---- stop -------------------------------------------------------------------------------
     def request_stop(self, why: str = "signal") -> None:
@@ -233,6 +296,12 @@ class Node:
                                                reason=m.reason, observed_by=self.cfg.name))
 
 
+def _nodes_refused(old: tuple[NodeAddr, ...], new: tuple[NodeAddr, ...]) -> str | None:
+    """Nodes may be added live; a removed node or a changed address needs a restart."""
+    gone = sorted(n.name for n in set(old) - set(new))
+    return f"removed or changed: {', '.join(gone)}" if gone else None
+
+
 def _bind_error(var: str, host: str, port: int, e: OSError) -> MirrorNeuronError:
     if e.errno == errno.EADDRINUSE:
         return UnavailableError(
@@ -256,6 +325,7 @@ async def run_node(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "SIGINT")):
         loop.add_signal_handler(sig, node.request_stop, name)
+    loop.add_signal_handler(signal.SIGHUP, node.request_reload)
     try:
         await node.start()
     except MirrorNeuronError as e:
@@ -282,11 +352,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the daemon (default)")
     cc = sub.add_parser("check-config", help="print the effective configuration (cookie shown as its hash)")
     cc.add_argument("--json", action="store_true", help="machine-readable output")
+    rl = sub.add_parser("reload", help="hand this environment to a running daemon and make it reload "
+                                       "(the unit's ExecReload)")
+    rl.add_argument("pid", type=int, help="the daemon's pid ($MAINPID)")
     return p
+
+
+def _forward(pid: int) -> int:
+    """``mn-node reload PID``: no validation here, the daemon says what is wrong (and keeps running)."""
+    from mn_node.config import DEFAULT_STATE_DIR
+
+    fallback = Path(os.environ.get("MIRROR_NEURON_STATE_DIR", "") or DEFAULT_STATE_DIR)
+    try:
+        path = forward_reload(pid, os.environ, fallback)
+    except ProcessLookupError:
+        print(f"mn-node: no process {pid}; fix: pass the daemon's pid (systemd's $MAINPID)", file=sys.stderr)
+        return EX_UNAVAILABLE
+    except OSError as e:
+        print(f"mn-node: reload: {e}; fix: run it as the service user with its state directory", file=sys.stderr)
+        return EX_TEMPFAIL
+    print(f"mn-node: configuration handed to pid {pid} ({path}); see its log for what changed")
+    return EX_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd == "reload":
+        return _forward(args.pid)
     try:
         cfg = load_config(env_file=args.env_file)
     except MirrorNeuronError as e:
@@ -303,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         for w in cfg.warnings:
             print(f"warning: {w}", file=sys.stderr)
         return EX_OK
-    setup_logging(cfg.name, cfg.log_level)
+    setup_logging(cfg.name, cfg.log_level, cfg.log_format)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop's handler reloads: never die of it
     for w in cfg.warnings:
         log.warning("%s", w)
     try:

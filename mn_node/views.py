@@ -10,6 +10,8 @@ import os
 import time
 from typing import Any
 
+import psutil
+
 from mn_node import __version__
 from mn_node.config import api_token
 from mn_node.errors import MirrorNeuronError
@@ -21,12 +23,25 @@ from mn_node.store import Store, decode_event
 
 
 def node_load(jobs: JobRuntime) -> dict[str, Any]:
-    """This box's load as written into the registration: load average, busy slots, coordinators."""
+    """This box's facts and load as written into the registration (on each refresh): CPU count,
+    load averages, memory total/available (bytes), executor slots total/used/free, busy runs,
+    coordinated jobs, commands on/off."""
     try:
-        la = os.getloadavg()[0]
+        la = os.getloadavg()
     except OSError:
-        la = 0.0
-    return {"loadavg1": round(la, 2), "executors_busy": jobs.executor.busy, "coordinating": len(jobs.coordinators)}
+        la = (0.0, 0.0, 0.0)
+    try:
+        vm = psutil.virtual_memory()
+        mem: dict[str, Any] = {"mem_total": int(vm.total), "mem_available": int(vm.available)}
+    except OSError:
+        mem = {"mem_total": None, "mem_available": None}
+    ex = jobs.executor
+    used = ex.slots_used
+    return {"loadavg1": round(la[0], 2), "loadavg5": round(la[1], 2), "loadavg15": round(la[2], 2),
+            "cpus": os.cpu_count() or 0, **mem,
+            "slots_total": ex.capacity, "slots_used": used, "slots_free": max(0, ex.capacity - used),
+            "executors_busy": ex.busy, "coordinating": len(jobs.coordinators),
+            "commands": "on" if ex.commands_allowed else "off"}
 
 
 def _merge_registration(row: dict[str, Any], reg: dict[str, str]) -> None:
@@ -37,6 +52,8 @@ def _merge_registration(row: dict[str, Any], reg: dict[str, str]) -> None:
     row["pid"] = int(reg.get("pid", "0") or 0)
     row["started_ms"] = int(reg.get("started_ms", "0") or 0)
     row["config_fingerprint"] = reg.get("config_fingerprint")
+    row["commands"] = reg.get("commands") or None
+    row["drain"] = reg.get("drain", "")  # "" | "draining" | "drained" (drain state, written by mn drain)
 
 
 def _unlinked_row(name: str, reg: dict[str, str]) -> dict[str, Any]:
@@ -104,8 +121,8 @@ class NodeView:
             "is_leader": p.election.is_leader,
             "redis": {"available": self.store.available, "url": self.store.display_url,
                       "error": self.store.last_error or None},
-            "config_fingerprint": p.cfg.fingerprint(),
-            "executor_capacity": p.cfg.executor_capacity,
+            "config_fingerprint": p.registration.cfg.fingerprint(),  # reloads update the registration's
+            "executor_capacity": p.jobs.executor.capacity,
             "executors_busy": p.jobs.executor.busy,
             "coordinating": sorted(p.jobs.coordinators),
         }

@@ -44,15 +44,16 @@ def members() -> list[Member]:
         base = Member(name=f"mn{i}@10.0.0.1{i}", address=f"10.0.0.1{i}", status=status,
                       incarnation=f"6b08ed92a4a8b9f{i}", since=NOW - 3600, last_seen=NOW - 0.4,
                       rtt_ms=rtt, registered=True, version="0.1.0", capacity=4, loadavg1=0.42 * i,
-                      links=3, pid=4100 + i, started_ms=_ms(86400 + 600 * i))
+                      links=3, pid=4100 + i, started_ms=_ms(86400 + 600 * i), cpus=4, mem_total=8 * 2**30,
+                      mem_available=(5 - i) * 2**30, slots_used=i % 3, slots_free=4 - i % 3, commands="on")
         return replace(base, **kw)  # type: ignore[arg-type]
 
     return [
         m(1, "up", None, is_self=True, last_seen=NOW, rtt_ms=0.0),
         m(2, "up", 0.31),
         m(3, "down", None, since=NOW - 42, last_seen=NOW - 43.5, reason="closed by peer", links=None,
-          loadavg1=None),
-        m(4, "up", 0.27, version="0.1.1"),
+          loadavg1=None, cpus=None, mem_total=None, slots_used=None, slots_free=None, commands=""),
+        m(4, "up", 0.27, version="0.1.1", drain="draining", commands="off"),
     ]
 
 

@@ -38,6 +38,14 @@ class Member:
     links: int | None = None
     pid: int = 0
     started_ms: int = 0
+    # node facts from the registration's load (None / "" when the node does not report them)
+    cpus: int | None = None
+    mem_total: int | None = None
+    mem_available: int | None = None
+    slots_used: int | None = None
+    slots_free: int | None = None
+    drain: str = ""  # "" | draining | drained
+    commands: str = ""  # on | off
 
     @classmethod
     def from_api(cls, d: dict[str, Any]) -> Member:
@@ -61,11 +69,21 @@ class Member:
             links=None if links is None else _int(links),
             pid=_int(d.get("pid")),
             started_ms=_int(d.get("started_ms")),
+            **_facts(d, load),
         )
 
     @property
     def short(self) -> str:
         return self.name.split("@", 1)[0]
+
+
+def _facts(d: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
+    def opt(key: str) -> int | None:
+        return None if load.get(key) is None else _int(load.get(key))
+
+    return {"cpus": opt("cpus"), "mem_total": opt("mem_total"), "mem_available": opt("mem_available"),
+            "slots_used": opt("slots_used"), "slots_free": opt("slots_free"), "drain": str(d.get("drain") or ""),
+            "commands": str(d.get("commands") or load.get("commands") or "")}
 
 
 @dataclass(frozen=True)

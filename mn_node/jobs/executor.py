@@ -90,6 +90,15 @@ class Slots:
 
     def release(self, n: int) -> None:
         self.free += n
+        self._wake()
+
+    def resize(self, delta: int) -> None:
+        """Add (or, negative, remove) units; held units stay held, so ``free`` may go below 0
+        until enough are released."""
+        self.free += delta
+        self._wake()
+
+    def _wake(self) -> None:
         while self._waiters and self.free >= self._waiters[0][0]:
             k, fut = self._waiters.popleft()
             if fut.done():
@@ -118,6 +127,7 @@ class ExecutorService:
         self.commands_allowed = commands
         self._slots = Slots(capacity)
         self._pool: ProcessPoolExecutor | None = None
+        self._pool_size = 0
         self._entry: EntryPointRunner | None = None
         self.commands = CommandRunner(state_dir / "scratch", default_timeout_s=command_timeout_s,
                                       state_dir=state_dir / "groups", node_name=node)
@@ -140,14 +150,36 @@ class ExecutorService:
     def busy(self) -> int:
         return sum(1 for r in self.runs.values() if r.started)
 
+    @property
+    def slots_used(self) -> int:
+        """Slots held by runs (above ``capacity`` for a while after a reload lowered it)."""
+        return self.capacity - self._slots.free
+
+    def set_capacity(self, n: int) -> None:
+        """Change the number of slots while running (reload of MIRROR_NEURON_EXECUTOR_CAPACITY).
+        Runs already holding slots go on; a bigger pool replaces the old one, whose running
+        tasks finish in it."""
+        n = max(1, int(n))
+        self._slots.resize(n - self.capacity)
+        self.capacity = n
+        if self._pool is not None and self._entry is not None and n > self._pool_size:
+            old, self._pool = self._pool, self._new_pool(n)
+            self._entry.pool = self._pool
+            old.shutdown(wait=False)
+
+    def _new_pool(self, n: int) -> ProcessPoolExecutor:
+        ctx = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_die_with_parent,
+                                   initargs=(os.getpid(),))
+        for _ in range(n):
+            pool.submit(_warm)
+        self._pool_size = n
+        return pool
+
     def start(self) -> None:
         # spawn (not fork: the daemon has threads; not forkserver: a forkserver outlives a
         # SIGKILLed daemon and keeps its workers alive), workers tied to our life by PDEATHSIG
-        ctx = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(max_workers=self.capacity, mp_context=ctx,
-                                         initializer=_die_with_parent, initargs=(os.getpid(),))
-        for _ in range(self.capacity):
-            self._pool.submit(_warm)
+        self._pool = self._new_pool(self.capacity)
         self._entry = EntryPointRunner(self._pool, tasks.run_task)
         for folder in (self.commands.scratch_root, self.bundles.root):
             try:

@@ -11,7 +11,10 @@ from mn_tui import fmt
 from mn_tui.model import ClusterState, Member
 from mn_tui.panes._base import Table, View, count_note
 
-COLUMNS = ("name", "address", "status", "age", "rtt", "last seen", "version", "load", "reason")
+# status carries the drain state (up draining); mem = available/total; slots = used/free executor slots
+# (reason next to status: a down node's cause stays in view on narrow screens; the table scrolls sideways)
+COLUMNS = ("name", "address", "status", "reason", "age", "rtt", "last seen", "version", "cpu", "load", "mem", "slots",
+           "cmds")
 
 
 def member_cells(m: Member, view: View) -> list[str | Text]:
@@ -28,13 +31,22 @@ def member_cells(m: Member, view: View) -> list[str | Text]:
         load = f"{m.loadavg1:.2f}"
         if m.links is not None:
             load += f" {m.links}L"
-        if m.capacity:
-            load += f" cap{m.capacity}"
     status = fmt.status(m.status)
     if m.status != "up" and m.since:
         status.append(f" {fmt.dur(view.now - m.since)}", style="dim")
-    return [name, m.address, status, age, "self" if m.is_self else fmt.ms(m.rtt_ms), seen,
-            m.version or "—", load, m.reason]
+    if m.drain:
+        status.append(f" {m.drain}", style="bold yellow")
+    return [name, m.address, status, m.reason, age, "self" if m.is_self else fmt.ms(m.rtt_ms), seen,
+            m.version or "—", "—" if m.cpus is None else str(m.cpus), load, *fact_cells(m)]
+
+
+def fact_cells(m: Member) -> list[str | Text]:
+    """Memory available/total, executor slots used/free, commands on/off."""
+    mem = "—"
+    if m.mem_total:
+        mem = f"{(m.mem_available or 0) / 2**30:.1f}/{m.mem_total / 2**30:.1f}G"
+    slots = "—" if m.slots_used is None else f"{m.slots_used}/{m.slots_free if m.slots_free is not None else '—'}"
+    return [mem, slots, m.commands or "—"]
 
 
 class MembersPane(Vertical):

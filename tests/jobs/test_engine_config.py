@@ -22,7 +22,7 @@ def test_durations(raw, seconds):
     assert parse_duration(raw, "X") == seconds
 
 
-@pytest.mark.parametrize("raw", ["", "0s", "-5s", "fast", "10 days", "1d"])
+@pytest.mark.parametrize("raw", ["", "0s", "-5s", "fast", "10 days", "1w"])
 def test_bad_durations_name_the_variable_and_the_fix(raw):
     with pytest.raises(ConfigError, match=r"^X: .* is not a positive duration; fix: write it like 90s, 15m or 2h"):
         parse_duration(raw, "X")
