@@ -42,8 +42,16 @@ def drain_state(c: Cluster, name: str, via: int = 1) -> dict[str, Any]:
 
 
 def wait_drained(c: Cluster, name: str, via: int = 1, timeout: float = 30) -> dict[str, Any]:
-    return wait_until(lambda: (s := drain_state(c, name, via)) if s.get("state") == "drained" else None,
-                      timeout, f"{name} to be drained (last: {drain_state(c, name, via)})")
+    seen: list[dict[str, Any]] = []
+
+    def drained() -> dict[str, Any] | None:
+        seen.append(drain_state(c, name, via))
+        return seen[-1] if seen[-1].get("state") == "drained" else None
+
+    try:
+        return wait_until(drained, timeout, f"{name} to be drained")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last drain state: {seen[-1:]}") from None
 
 
 def test_drain_of_the_owner_hands_the_job_over_without_replay(make_cluster):
