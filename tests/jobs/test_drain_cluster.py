@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from typing import Any
@@ -153,5 +154,9 @@ def test_bad_input_unknown_node_and_the_only_node(make_cluster):
     r = mn(c, 1, "drain", name, "--force", "--wait")
     assert r.returncode == 0, r.stderr
     assert drain_state(c, name)["state"] == "drained"
+    doc = subprocess.run([sys.executable, "-m", "mn_node.cli", "doctor", "--check", "drain", "--json"],
+                         env=c.nodes[0].env, capture_output=True, text=True, timeout=60)
+    found = json.loads(doc.stdout)
+    assert f"node {name} is drained since" in doc.stdout and f"mn undrain {name}" in doc.stdout, found
     assert mn(c, 1, "undrain", name).returncode == 0
     assert drain_state(c, name)["state"] == ""
