@@ -125,6 +125,9 @@ class DrainControl:
         self.rt.executor.draining = False
         self._handed.clear()
         self._stopped_at_deadline = False
+        self._campaign_again()
+
+    def _campaign_again(self) -> None:
         if self._holding_election:
             self._holding_election = False
             self.election.stopped = False
@@ -144,6 +147,8 @@ class DrainControl:
                     self._handed.add(job_id)
                     self._kicked = False
                     c.request_handoff()
+        else:
+            self._campaign_again()  # every other node is down or draining: someone must lead
         deadline = int(rec.get("deadline_ms") or 0)
         if deadline and not self._stopped_at_deadline and await self.store.server_time_ms() >= deadline:
             self._stopped_at_deadline = True
