@@ -82,7 +82,7 @@ def test_drain_of_the_owner_hands_the_job_over_without_replay(make_cluster):
 def test_deadline_stops_executors_and_replays_them_elsewhere(make_cluster, tmp_path):
     c = make_cluster(3, extra_env=CAP2)
     c.wait_leader()
-    job_id = submit_bundle(c, fan_out_bundle(tmp_path / "b", 6, [sys.executable, "-c", "import time; time.sleep(4)"]))
+    job_id = submit_bundle(c, fan_out_bundle(tmp_path / "b", 6, [sys.executable, "-c", "import time; time.sleep(12)"]))
 
     def dispatched() -> dict[str, str] | None:
         st = agent_states(c, job_id)
@@ -94,6 +94,12 @@ def test_deadline_stops_executors_and_replays_them_elsewhere(make_cluster, tmp_p
     victim = next((n for n in sorted(set(on.values())) if n != owner), sorted(set(on.values()))[0])
     stopped = {a for a, n in on.items() if n == victim}
     via = next(n.index for n in c.nodes if n.name != victim)
+    # no deadline: the node stays draining, visibly, while its executors run
+    assert mn(c, via, "drain", victim).returncode == 0
+    seen = wait_until(lambda: (s if (s := drain_state(c, victim, via)).get("running", "0") != "0" else None),
+                      10, "the draining node to report its running executors")
+    assert seen["state"] == "draining" and not seen["deadline_ms"], seen
+    # a deadline given later applies: at it, its executors are stopped and replayed elsewhere
     r = mn(c, via, "drain", victim, "--deadline", "1s", "--wait")
     assert r.returncode == 0, r.stderr
     assert "drained" in r.stdout, r.stdout
@@ -104,7 +110,8 @@ def test_deadline_stops_executors_and_replays_them_elsewhere(make_cluster, tmp_p
     assert all(counts.get(a) in (1, 2) for a in stopped) and any(counts[a] == 2 for a in stopped), counts
     assert all(counts[a] == 1 for a in on if a not in stopped), counts
     final = agent_states(c, job_id)
-    assert all(final[a]["node"] != victim for a in stopped), {a: final[a]["node"] for a in stopped}
+    replayed = {a for a in stopped if counts[a] == 2}
+    assert all(final[a]["node"] != victim for a in replayed), {a: final[a]["node"] for a in replayed}
 
 
 def test_drain_survives_a_restart_and_no_executor_lands_there(make_cluster):
