@@ -209,12 +209,15 @@ async def post_drain(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise DataError("body must be a JSON object {\"deadline\": \"90s\", \"force\": false}")
     deadline_s = _deadline_s(body.get("deadline"))
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise DataError("force must be true or false")
     rows, name = await _known(request, request.match_info["name"])
     if name is None:
         return error(404, f"no node named {request.match_info['name']!r}", "list nodes with `mn nodes`")
     drains = await read_drains(store)
     others = [r["name"] for r in rows if r["name"] != name and r.get("status") == "up" and r["name"] not in drains]
-    if not others and not body.get("force"):
+    if not others and not force:
         return error(409, f"refused: {name} is the only node that is up and not draining; draining it leaves no "
                           "node to coordinate jobs or run executors",
                      f"start or undrain another node first, or pass --force (mn drain {name} --force)")
@@ -222,13 +225,13 @@ async def post_drain(request: web.Request) -> web.Response:
     old = drains.get(name, {})
     fields: Fields = {"state": old.get("state") or DRAINING, "since_ms": old.get("since_ms") or now,
               "deadline_ms": int(now + deadline_s * 1000) if deadline_s else "", "by": request.app[NODE_KEY].name,
-              "forced": "1" if body.get("force") else "0"}
+              "forced": "1" if force else "0"}
     pipe = store.r.pipeline(transaction=True)
     pipe.hset(drain_key(store, name), mapping=fields)
     pipe.sadd(index_key(store), name)
     await store.guard(pipe.execute())
     await store.event("node_drain", request.app[NODE_KEY].name, "", target=name,
-                      deadline_ms=fields["deadline_ms"], forced=bool(body.get("force")))
+                      deadline_ms=fields["deadline_ms"], forced=force)
     log.warning("drain of %s requested (deadline %s)", name, fields["deadline_ms"] or "none")
     request.app[NODE_KEY].kick_placement()
     return json_response({"node": name, **fields})
