@@ -26,6 +26,7 @@ from mn_node.cli_base import (
 )
 from mn_node.completion import script as completion_script
 from mn_node.config import DEFAULT_ENV_FILE
+from mn_node.drain import register as register_drain_commands
 from mn_node.errors import EX_INTERRUPTED, EX_OK, EX_UNAVAILABLE, EX_USAGE, MirrorNeuronError
 from mn_node.jobs.cli import register as register_job_commands
 
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     # options after `doctor` are the doctor's own: main() hands them to its parser
     sub.add_parser("doctor", help="diagnose this node and the cluster (mn doctor --help)", add_help=False)
     register_job_commands(sub)
+    register_drain_commands(sub)
     s = sub.add_parser("completion", help="print a shell completion script: source <(mn completion bash)")
     s.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete for")
     return p

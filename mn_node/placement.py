@@ -6,6 +6,8 @@ and starts the coordinator. A live lease is never stolen: a takeover waits for e
 first-ranked node schedules its attempt for the moment the old lease expires. The leader also
 sweeps continuously: an active job whose lease stays free past a grace period (its first-ranked
 node cannot act, e.g. it lost Redis) is taken by the leader, recorded as ``orphan_swept``.
+Draining nodes (:mod:`mn_node.drain`) are left out of the ranking: they take no job, and the jobs
+they hand over go to their next-ranked node.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from typing import Any
 
 from mn_node.aio import wait_event
+from mn_node.drain import DrainControl
 from mn_node.errors import RedisUnavailable
 from mn_node.jobs.runtime import JobRuntime
 from mn_node.leader import LeaderElection
@@ -57,6 +60,7 @@ class Placement:
         members.up.connect(self._on_change)
         members.down.connect(self._on_change)
         runtime.coordinator_exited.connect(lambda job_id: self._wake.set())
+        self.drain = DrainControl(node, store, runtime, members, election, self.kick_all)
 
     def _on_change(self, m: Member) -> None:
         self._wake.set()
@@ -82,6 +86,7 @@ class Placement:
         """One pass. Returns how long to wait before the next (shorter when a lease is about to expire)."""
         if not self.store.available:
             return self.tick
+        draining = await self.drain.poll()
         active: set[str] = await self.store.guard(self.store.r.smembers(self.store.key("jobs", "active")))
         candidates = sorted(j for j in active if j not in self.rt.coordinators)
         for j in list(self._free_since):
@@ -96,19 +101,20 @@ class Placement:
             pipe.pttl(key)
         res = await self.store.guard(pipe.execute())
         up = self.members.up_names()
+        ranked = [n for n in up if n not in draining]  # a draining node takes no job
         now = time.monotonic()
         delay = self.tick
         for i, job_id in enumerate(candidates):
             token, pttl = res[2 * i], res[2 * i + 1]
             if token:
                 self._free_since.pop(job_id, None)
-                if rendezvous(job_id, up)[:1] == [self.node] and Holder(str(token), 0).node not in up \
+                if rendezvous(job_id, ranked)[:1] == [self.node] and Holder(str(token), 0).node not in up \
                         and int(pttl) >= 0:
                     delay = min(delay, int(pttl) / 1000 + 0.002)  # be there the moment it expires
                 continue
             since = self._free_since.setdefault(job_id, now)
-            first = rendezvous(job_id, up)[:1] == [self.node]
-            sweep = not first and self.election.is_leader and now - since >= self.grace
+            first = rendezvous(job_id, ranked)[:1] == [self.node]
+            sweep = not first and self.election.is_leader and not self.drain.active and now - since >= self.grace
             if first or sweep:
                 await self._take(job_id, sweep, now - since)
         return delay
@@ -127,4 +133,4 @@ class Placement:
         self.rt.start_coordinator(job_id, got)
 
     def status(self) -> dict[str, Any]:
-        return {"coordinating": sorted(self.rt.coordinators), "sweeps": self.sweeps}
+        return {"coordinating": sorted(self.rt.coordinators), "sweeps": self.sweeps, "drain": self.drain.state}

@@ -271,3 +271,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/jobs/prune", prune)
     agents_api.add_routes(app)
     bundle_api.add_routes(app)
+    from mn_node import drain  # the drain routes (mn drain / mn undrain)
+    drain.add_routes(app)

@@ -63,6 +63,7 @@ class Coordinator:
         self.cancel_requested = False
         self.paused = False  # status 'paused' in Redis: nothing new is dispatched until resumed
         self.bundle: str | None = None
+        self.handoff_requested = False
 
     # ---- signals from the runtime ---------------------------------------------------------
     def notify_done(self, agent_id: str) -> None:
@@ -71,6 +72,12 @@ class Coordinator:
 
     def request_cancel(self) -> None:
         self.cancel_requested = True
+        self._wake.set()
+
+    def request_handoff(self) -> None:
+        """This node is draining: stop coordinating (runs left alone) and release the lease, so
+        the next-ranked node takes the job over and adopts the executors still running."""
+        self.handoff_requested = True
         self._wake.set()
 
     def wake(self) -> None:
@@ -160,6 +167,10 @@ class Coordinator:
             if self.cancel_requested:
                 await self._stop_cancelled()
                 return
+            if self.handoff_requested:
+                await self.write(events=[("job_handoff", {"from": self.rt.node, "reason": "drain"})])
+                log.info("handing job %s over (this node is draining)", self.job_id)
+                return  # run() -> coordinator_done releases the lease (fenced)
             if not self.paused and await self._step():
                 return
             if not self._notified:
@@ -205,9 +216,28 @@ class Coordinator:
                     self._inflight[node] = self._inflight.get(node, 0) + self._slots(aid)
                 else:
                     replay.add(aid)
+        replay = await self._still_dispatched(replay)
         if replay:
             await self._dispatch(sorted(replay), recovery=True)
         return replay
+
+    async def _still_dispatched(self, aids: set[str]) -> set[str]:
+        """Of ``aids`` (unknown to their node), those still dispatched at the same attempt in
+        Redis: a run that ended between our read of the states and the node's answer stored its
+        result first (a handover during a drain), so it is absorbed, not replayed."""
+        if not aids:
+            return aids
+        ids = sorted(aids)
+        raw = await self.rt.store.guard(self.rt.store.r.hmget(self.keys.agents, ids))
+        out: set[str] = set()
+        for aid, r in zip(ids, raw, strict=True):
+            st = AgentState.decode(r) if r else None
+            if st is not None and not (st.status == "dispatched" and st.attempt == self.states[aid].attempt):
+                self.states[aid] = st
+                self._changed.add(aid)
+            else:
+                out.add(aid)
+        return out
 
     # ---- progress ---------------------------------------------------------------------------
     async def _step(self) -> bool:
@@ -382,11 +412,14 @@ class Coordinator:
 
     def _pick_node(self, caps: dict[str, int], agent: Agent) -> str | None:
         """The node with the most free slots (round robin among equals) among those that may run
-        the agent (command agents: only nodes with MIRROR_NEURON_COMMANDS on). Each node gets up
+        the agent (command agents: only nodes with MIRROR_NEURON_COMMANDS on; never a draining
+        node). Each node gets up
         to PREFETCH x its capacity, so its pool never idles while a completion travels back to us."""
         best: list[str] = []
         best_free = 0
         for node, cap in sorted(caps.items()):
+            if node in self.rt.draining:
+                continue  # takes no new executors
             if agent.is_command and not self.rt.allows_commands(node):
                 continue
             free = cap * PREFETCH - self._inflight.get(node, 0)

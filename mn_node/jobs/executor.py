@@ -134,6 +134,7 @@ class ExecutorService:
         self.bundles = BundleCache(store, state_dir / "bundles")
         self._ready = asyncio.Event()  # set once the runners exist: links deliver exec.run earlier
         self._stopping = False
+        self.draining = False  # set by the drain control: new runs are refused, known ones go on
         self.runs: dict[tuple[str, str], Run] = {}
         self.cancelled: set[str] = set()
         self.completed = 0
@@ -218,6 +219,8 @@ class ExecutorService:
             if old is not None and old.attempt >= int(req["attempt"]):
                 accepted.append(req["agent"])
                 continue
+            if self.draining:
+                raise RuntimeError(f"{self.node} is draining: it takes no new executors")
             if old is not None and old.task is not None:
                 old.task.cancel()
             run = Run(job_id, str(req["agent"]), int(req["attempt"]), str(msg.get("owner") or frm))
@@ -226,6 +229,18 @@ class ExecutorService:
             accepted.append(req["agent"])
         self.cancelled.discard(job_id)
         return {"accepted": accepted}
+
+    def stop_runs(self, why: str) -> int:
+        """Drain deadline: stop every run here (a command's group is killed before its task
+        ends; a pool task's result is dropped). Nothing is stored, so the coordinators find the
+        runs unknown here and replay them on another node. Returns how many were stopped."""
+        n = 0
+        for run in list(self.runs.values()):
+            if run.task is not None and not run.task.done():
+                log.info("stopping %s/%s attempt %d: %s", run.job_id, run.agent, run.attempt, why)
+                run.task.cancel()
+                n += 1
+        return n
 
     def _check_runnable(self, req: dict[str, Any]) -> None:
         if req.get("runner") == "command":

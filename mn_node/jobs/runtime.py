@@ -46,6 +46,7 @@ class JobRuntime:
         self._caps: dict[str, int] = {}
         self._commands: set[str] = set()  # nodes whose registration says commands=on
         self._caps_at = 0.0
+        self.draining: set[str] = set()  # nodes being drained (set by the drain control each pass)
         # a coordinator of this node stopped (its job id): placement looks again at once
         self.coordinator_exited: Signal[[str]] = Signal("coordinator exited")
         links.register("job.agent_done", self._on_agent_done)

@@ -195,6 +195,19 @@ def test_doctor_on_every_deployed_box_is_all_ok(fleet: Fleet) -> None:
         print(f"box {n} doctor: {len(doc['checks'])} checks ok; systemd: {unit_check['detail']}")
 
 
+def test_a_bundle_with_commands_runs_under_the_unit(fleet: Fleet) -> None:
+    """`mn run` of the word-count bundle on a deployed box: its commands run as the service user
+    inside the unit's sandbox (scratch folders under the state directory, /usr/bin executable),
+    on whichever boxes placement picks, and the job completes with the right counts."""
+    bundle = ROOT / "examples" / "wordcount"
+    r = fleet.exec(1, ["mn", "run", str(bundle), "--wait", "--timeout", "120", "--json"], timeout=180)
+    assert r.returncode == 0, f"exit {r.returncode}: {r.stdout} {r.stderr}"
+    done = json.loads(r.stdout)
+    result = done["result"]
+    assert done["status"] == "completed" and result["mode"] == "wordcount", done
+    assert result["total_words"] == sum(result["files"].values()) > 100, result
+
+
 def test_stopping_the_leader_hands_over_at_once(fleet: Fleet) -> None:
     old = leader(fleet, 1)
     assert old
@@ -293,6 +306,15 @@ def job_view(fleet: Fleet, n: int, job_id: str) -> dict[str, object]:
     return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
 
 
+def agent_runs(fleet: Fleet, n: int, job_id: str) -> dict[str, int]:
+    """Starts per agent (the job's runs hash, through the box's API): above 1 is a replay."""
+    code = ("import json, sys, urllib.request; r = urllib.request.urlopen(sys.argv[1], timeout=10); "
+            "print(json.dumps({a: s['runs'] for a, s in json.load(r)['agent_states'].items()}))")
+    out = fleet.exec(n, ["python3", "-c", code, f"http://127.0.0.1:4000/api/v1/jobs/{job_id}?agents=1"], timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return {a: int(k) for a, k in json.loads(out.stdout).items()}
+
+
 def test_rolling_restart_while_a_job_runs(fleet: Fleet, inventory: Path, tmp_path: Path) -> None:
     before = {n: unit(fleet, n) for n in range(1, NODES + 1)}
     argv, env = play_argv(fleet, inventory, "-e", "mirror_neuron_log_level=DEBUG")
@@ -358,3 +380,11 @@ def test_rolling_restart_while_a_job_runs(fleet: Fleet, inventory: Path, tmp_pat
     assert isinstance(result, dict) and result.get("prime_count") == JOB_EXPECTED, (result, JOB_EXPECTED)
     print(f"job {job_id} completed with prime_count {result.get('prime_count')} == {JOB_EXPECTED} "
           f"across the rolling restart; chunks {result.get('chunks')}, per node {result.get('per_node_chunks')}")
+    # the play drains each node before restarting it: its jobs are handed over, its executors
+    # finish first, so no agent starts twice (without the drain, every in-flight executor of
+    # the restarted node was replayed; mirror_neuron_drain_on_restart=false still does that)
+    runs = agent_runs(fleet, 1, job_id)
+    replayed = {a: k for a, k in runs.items() if k > 1}
+    print(f"replays across the drained rolling restart: {len(replayed)} of {len(runs)} agents")
+    assert out.count("Drain this node and wait until it is drained") >= NODES, out[-6000:]
+    assert not replayed, f"agents started more than once across the drained rolling restart: {replayed}"
