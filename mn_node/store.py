@@ -6,25 +6,51 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 
 from mn_node import scripts
 from mn_node.aio import Signal
-from mn_node.config import redact_url
-from mn_node.errors import FencedWriteRefused, RedisUnavailable
+from mn_node.config import SentinelUrl, is_sentinel_url, parse_sentinel_url, redact_url
+from mn_node.errors import ConfigError, FencedWriteRefused, RedisUnavailable
+
+if TYPE_CHECKING:
+    from mn_node.config import Config
 
 log = logging.getLogger("mn_node.store")
 
 # Length cap (approximate MAXLEN) of every events stream: the cluster's and each job's.
 EVENTS_MAXLEN = 10_000
 BINARY_OP_TIMEOUT_S = 30.0
+
+
+class WriteNotReplicated(RedisUnavailable):
+    """A write ran on the primary but too few replicas acknowledged it in time (``WAIT``), or
+    the primary refused it for want of replicas (``NOREPLICAS``), or the primary changed under
+    it. It counts as *not done*: a lease is not held, a result not stored; the caller retries
+    as after any Redis error (every fenced script is safe to replay)."""
+
+
+class _FollowingPool(SentinelConnectionPool):
+    """The Sentinel pool, telling the store when Sentinel names a different primary (so the
+    switch is handled like a restart before anything else runs on the new one)."""
+
+    on_switch: Callable[[tuple[str, int], tuple[str, int]], None] | None = None
+
+    async def get_master_address(self) -> Any:
+        old = self.master_address
+        addr = await super().get_master_address()  # type: ignore[no-untyped-call]
+        if old is not None and tuple(addr) != tuple(old) and self.on_switch is not None:
+            self.on_switch((str(old[0]), int(old[1])), (str(addr[0]), int(addr[1])))
+        return addr
 
 
 class Script:
@@ -63,21 +89,27 @@ class Scripts:
 
 
 class Store:
-    def __init__(self, url: str, namespace: str, *, op_timeout: float = 1.0) -> None:
+    def __init__(self, url: str, namespace: str, *, op_timeout: float = 1.0,
+                 sentinel_password: str | None = None, min_acks: int = 0, ack_timeout_ms: int = 250) -> None:
         self.url = url
         self.ns = namespace
         self.op_timeout = op_timeout
-        self.r: aioredis.Redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=op_timeout,
-            socket_connect_timeout=op_timeout,
-            decode_responses=True,
-            # No silent retries: a failed command surfaces at once (as RedisUnavailable), so
-            # a lease holder never has a renewal or fenced write retried behind its back past
-            # its local deadline, and every caller decides itself whether to try again.
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        # replicated mode: every script call is followed by WAIT min_acks ack_timeout_ms
+        self.min_acks = min_acks
+        self.ack_timeout_ms = ack_timeout_ms
+        self.sentinel_url: SentinelUrl | None = parse_sentinel_url(url) if is_sentinel_url(url) else None
+        self.sentinel: Sentinel | None = None
+        if self.sentinel_url is not None:
+            self.sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(self.sentinel_url.sentinels),
+                sentinel_kwargs={"password": sentinel_password, "socket_timeout": op_timeout,
+                                 "socket_connect_timeout": op_timeout, "retry": Retry(NoBackoff(), 0),
+                                 "decode_responses": True},
+            )
+        # A WAIT blocks for up to its timeout on the write's connection.
+        self.r: aioredis.Redis = self._client(op_timeout + (ack_timeout_ms / 1000 if min_acks else 0), True)
+        if isinstance(self.r.connection_pool, _FollowingPool):
+            self.r.connection_pool.on_switch = self._primary_switched
         self.scripts = Scripts(self)
         self._binary: aioredis.Redis | None = None
         self.available = False
@@ -86,6 +118,43 @@ class Store:
         self._suspect_restart = True
         # (new run_id, old run_id) when the server's run_id changes: every lease is lost
         self.restarted: Signal[[str, str | None]] = Signal("redis restarted")
+        # replication: the primary in use, failovers seen, acknowledgements
+        self.primary: tuple[str, int] | None = None
+        self.failovers = 0
+        self.last_failover: dict[str, Any] | None = None
+        self._switches = 0
+        self.acks_waiting = 0
+        self.write_refused = ""  # why the last replicated write was refused ("" once one succeeds)
+        self.acked: Signal[[float]] = Signal("write acknowledged")  # seconds, script + WAIT
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Store:
+        assert cfg.redis_url is not None
+        return cls(cfg.redis_url, cfg.namespace, sentinel_password=cfg.redis_sentinel_password,
+                   min_acks=cfg.redis_min_acks, ack_timeout_ms=cfg.redis_ack_timeout_ms)
+
+    @property
+    def replicated(self) -> bool:
+        return self.min_acks > 0
+
+    def _client(self, socket_timeout: float, decode: bool) -> aioredis.Redis:
+        # No silent retries: a failed command surfaces at once (as RedisUnavailable), so
+        # a lease holder never has a renewal or fenced write retried behind its back past
+        # its local deadline, and every caller decides itself whether to try again.
+        kw: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": self.op_timeout,
+                              "decode_responses": decode, "retry": Retry(NoBackoff(), 0),
+                              "health_check_interval": 0}
+        if self.sentinel is None or self.sentinel_url is None:
+            return aioredis.Redis.from_url(self.url, **kw)
+        client: aioredis.Redis = self.sentinel.master_for(
+            self.sentinel_url.master, redis_class=aioredis.Redis, connection_pool_class=_FollowingPool,
+            password=self.sentinel_url.password, db=self.sentinel_url.db, **kw)
+        return client
+
+    def _primary_switched(self, old: tuple[str, int], new: tuple[str, int]) -> None:
+        log.warning("redis primary switched %s:%s -> %s:%s (Sentinel)", *old, *new)
+        self._switches += 1
+        self._suspect_restart = True
 
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -99,10 +168,7 @@ class Store:
         """A second client that returns bytes (bundle archives), made on first use. Its
         timeout allows a bundle at the size cap to cross a slow link; same no-retry rule."""
         if self._binary is None:
-            self._binary = aioredis.Redis.from_url(
-                self.url, socket_timeout=BINARY_OP_TIMEOUT_S, socket_connect_timeout=self.op_timeout,
-                decode_responses=False, retry=Retry(NoBackoff(), 0), health_check_interval=0,
-            )
+            self._binary = self._client(BINARY_OP_TIMEOUT_S, False)
         return self._binary
 
     # ---- availability -----------------------------------------------------------------
@@ -115,20 +181,18 @@ class Store:
         self._suspect_restart = True
 
     async def check(self) -> bool:
-        """Ping; after any failure also re-read ``run_id`` to detect a server restart."""
+        """Ping; after any failure also re-read the server's identity (``run_id``; in
+        replicated mode also its replication id and role) to detect a restart or a new primary.
+        Raises :class:`ConfigError` at first contact when the URL can never work (a replica
+        given as the URL, a master name no Sentinel knows)."""
         try:
             if self._suspect_restart:
-                info = await self.r.info("server")
-                new = str(info.get("run_id"))
-                old = self.run_id
-                self.run_id = new
-                self._suspect_restart = False
-                if old is not None and new != old:
-                    log.warning("redis restarted (run_id %s -> %s): treating all leases as lost", old[:8], new[:8])
-                    self.restarted.emit(new, old)
+                await self._identify()
             else:
                 await self.r.ping()
         except (TimeoutError, RedisError, OSError) as e:
+            if isinstance(e, MasterNotFoundError) and self.run_id is None:
+                await self._refuse_unknown_master()
             self.mark_error(e)
             return False
         if not self.available:
@@ -137,15 +201,80 @@ class Store:
         self.last_error = ""
         return True
 
+    async def _identify(self) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        pipe.info("server")
+        pipe.info("replication")
+        server, repl = await pipe.execute()
+        if str(repl.get("role")) != "master":
+            where = (f"{self.display_url} answered from a replica (of {repl.get('master_host')}:"
+                     f"{repl.get('master_port')})")
+            if self.sentinel is None and self.run_id is None:
+                raise ConfigError(f"MIRROR_NEURON_REDIS_URL: {where}; fix: give the primary's address, or "
+                                  "redis+sentinel://h1:26379,h2:26379,h3:26379/MASTER/0 to follow the primary")
+            await self.r.connection_pool.disconnect()
+            raise ReadOnlyError(f"{where}; writes wait for a primary")
+        identity = str(server.get("run_id"))
+        if self.replicated:  # a promotion changes the replication id, even of a known process
+            identity += ":" + str(repl.get("master_replid"))
+        old = self.run_id
+        self.run_id = identity
+        self._suspect_restart = False
+        self._note_primary()
+        if old is not None and identity != old:
+            log.warning("redis restarted or primary changed (id %s -> %s): treating all leases as lost",
+                        old[:8], identity[:8])
+            self.restarted.emit(identity, old)
+
+    def _note_primary(self) -> None:
+        pool = self.r.connection_pool
+        addr = getattr(pool, "master_address", None)
+        if addr is None:
+            return
+        addr = (str(addr[0]), int(addr[1]))
+        if self.primary is not None and addr != self.primary:
+            self.failovers += 1
+            self.last_failover = {"at_ms": int(time.time() * 1000), "from": _hostport(self.primary),
+                                  "to": _hostport(addr)}
+        self.primary = addr
+
+    async def _refuse_unknown_master(self) -> None:
+        """At first contact through Sentinel: a master name that every reachable Sentinel
+        denies knowing is a configuration error (exit 78), not an outage."""
+        assert self.sentinel is not None and self.sentinel_url is not None
+        name = self.sentinel_url.master
+        denied = 0
+        for s in self.sentinel.sentinels:
+            try:
+                await s.sentinel_master(name)
+                return  # known (down, perhaps): an outage, keep trying
+            except ResponseError:
+                denied += 1
+            except (TimeoutError, RedisError, OSError):
+                continue
+        if denied:
+            raise ConfigError(f"MIRROR_NEURON_REDIS_URL: no Sentinel of {self.display_url} monitors a master "
+                              f"named {name!r}; fix: use the name given to `sentinel monitor` "
+                              "(redis-cli -p 26379 SENTINEL MASTERS lists them)")
+
     async def run_script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run ``script`` (call it as ``store.scripts.<name>(keys, args)``); connection
-        problems become :class:`RedisUnavailable`, fencing refusals :class:`FencedWriteRefused`."""
+        problems become :class:`RedisUnavailable`, fencing refusals :class:`FencedWriteRefused`,
+        in replicated mode a write not acknowledged by enough replicas :class:`WriteNotReplicated`."""
         await self._settle_restart()
         try:
-            res = await script.redis_script(keys=list(keys), args=list(args))
+            if self.replicated:
+                res = await self._replicated_call(script, keys, args)
+            else:
+                res = await script.redis_script(keys=list(keys), args=list(args))
+        except WriteNotReplicated:
+            raise
         except ResponseError as e:
             if str(e).startswith("FENCED"):
                 raise FencedWriteRefused(str(e)) from None
+            if str(e).startswith("NOREPLICAS"):
+                raise WriteNotReplicated(self._refuse_write(
+                    f"the primary refused {script.name}: too few replicas in sync (NOREPLICAS)")) from None
             if isinstance(e, ReadOnlyError):
                 self.mark_error(e)
             raise RedisUnavailable(f"redis refused {script.name}: {e}") from None
@@ -154,6 +283,45 @@ class Store:
             raise RedisUnavailable(f"redis unreachable: {_describe(e)}") from None
         self.available = True
         return res
+
+    async def _replicated_call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA then ``WAIT min_acks timeout`` on the same connection (one pipeline, no
+        MULTI). A write acknowledged by fewer replicas, or run while the primary changed, is
+        reported as not done."""
+        switches = self._switches
+        for attempt in (1, 2):
+            pipe = self.r.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", script.redis_script.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", self.min_acks, self.ack_timeout_ms)
+            self.acks_waiting += 1
+            t0 = time.monotonic()
+            try:
+                res, acks = await pipe.execute(raise_on_error=False)
+            finally:
+                self.acks_waiting -= 1
+            if isinstance(res, NoScriptError) and attempt == 1:
+                await self.r.script_load(script.redis_script.script)  # not run: load it and run again
+                continue
+            break
+        if isinstance(res, Exception):
+            raise res
+        if self._switches != switches:
+            raise WriteNotReplicated(self._refuse_write(
+                f"the redis primary changed during {script.name}; it counts as not done"))
+        if isinstance(acks, Exception) or int(acks) < self.min_acks:
+            raise WriteNotReplicated(self._refuse_write(
+                f"{script.name} was acknowledged by {acks} of {self.min_acks} replica(s) within "
+                f"{self.ack_timeout_ms} ms, so it counts as not done; fix: check the replicas (mn doctor)"))
+        self.write_refused = ""
+        self.acked.emit(time.monotonic() - t0)
+        return res
+
+    def _refuse_write(self, why: str) -> str:
+        if why != self.write_refused:
+            log.warning("replicated write refused: %s", why)
+        self.write_refused = why
+        self._suspect_restart = True  # re-read the primary's identity before the next write
+        return why
 
     async def _settle_restart(self) -> None:
         """After a connection error, learn whether the server restarted *before* running
@@ -194,6 +362,12 @@ class Store:
         await self.r.aclose()
         if self._binary is not None:
             await self._binary.aclose()
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
+def _hostport(addr: tuple[str, int]) -> str:
+    return f"{addr[0]}:{addr[1]}"
 
 
 def _describe(err: BaseException) -> str:
