@@ -126,6 +126,8 @@ class Store:
         self.acks_waiting = 0
         self.write_refused = ""  # why the last replicated write was refused ("" once one succeeds)
         self.acked: Signal[[float]] = Signal("write acknowledged")  # seconds, script + WAIT
+        self._topology: dict[str, Any] | None = None
+        self._topology_at = 0.0
 
     @classmethod
     def from_config(cls, cfg: Config) -> Store:
@@ -346,6 +348,54 @@ class Store:
         self.available = True
         return res
 
+    # ---- topology (views, mn nodes --json) ------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """``sentinel``, ``replicated`` (a plain URL with MIN_ACKS) or ``single``."""
+        return "sentinel" if self.sentinel is not None else ("replicated" if self.replicated else "single")
+
+    async def topology(self) -> dict[str, Any]:
+        """The Redis topology as this node sees it: mode, primary, replicas (state, lag),
+        Sentinels (reachable, the primary each names), failovers seen. Never raises: a part
+        that cannot be read says so. Cached for two seconds (the summary is polled)."""
+        now = time.monotonic()
+        if self._topology is None or now - self._topology_at >= 2.0:
+            seen: dict[str, Any] = {"replicas": None, "sentinels": None}
+            try:
+                repl = await asyncio.wait_for(self.r.info("replication"), self.op_timeout)
+                seen["replicas"] = _replicas(repl)
+            except (TimeoutError, RedisError, OSError) as e:
+                seen["replicas_error"] = _describe(e)
+            if self.sentinel is not None:
+                seen["sentinels"] = await self._sentinel_views()
+            self._topology, self._topology_at = seen, now
+        return {
+            "mode": self.mode, "min_acks": self.min_acks, "ack_timeout_ms": self.ack_timeout_ms,
+            "primary": _hostport(self.primary) if self.primary else None, **self._topology,
+            "failovers_seen": self.failovers, "last_failover": self.last_failover,
+            "writes_refused": self.write_refused or None,
+        }
+
+    async def _sentinel_views(self) -> list[dict[str, Any]]:
+        assert self.sentinel is not None and self.sentinel_url is not None
+        name = self.sentinel_url.master
+
+        async def one(client: aioredis.Redis) -> dict[str, Any]:
+            kw = client.connection_pool.connection_kwargs
+            row: dict[str, Any] = {"address": f"{kw.get('host')}:{kw.get('port')}", "reachable": False}
+            try:
+                st: dict[str, Any] = await asyncio.wait_for(client.sentinel_master(name),  # type: ignore[arg-type]
+                                                            self.op_timeout)
+            except (TimeoutError, RedisError, OSError) as e:
+                row["error"] = _describe(e)
+                return row
+            row.update(reachable=True, primary=f"{st.get('ip')}:{st.get('port')}",
+                       other_sentinels=int(st.get("num-other-sentinels", 0)), quorum=int(st.get("quorum", 0)),
+                       replicas=int(st.get("num-slaves", 0)))
+            return row
+
+        return list(await asyncio.gather(*(one(c) for c in self.sentinel.sentinels)))
+
     async def event(self, type_: str, node: str, epoch: int | str = "", **data: Any) -> None:
         """Append to the cluster events stream (best effort: a lost event is logged)."""
         fields: dict[Any, Any] = {"type": type_, "node": node, "epoch": str(epoch), "data": json.dumps(data)}
@@ -368,6 +418,20 @@ class Store:
 
 def _hostport(addr: tuple[str, int]) -> str:
     return f"{addr[0]}:{addr[1]}"
+
+
+def _replicas(repl: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``slaveN`` entries of INFO replication (as redis-py parses them), as JSON rows."""
+    master_offset = int(repl.get("master_repl_offset", 0) or 0)
+    rows = []
+    for key in sorted(k for k in repl if k.startswith("slave") and k[5:].isdigit()):
+        v = repl[key]
+        if not isinstance(v, dict):
+            continue
+        offset = int(v.get("offset", 0) or 0)
+        rows.append({"address": f"{v.get('ip')}:{v.get('port')}", "state": v.get("state"),
+                     "lag_s": int(v.get("lag", -1)), "behind_bytes": max(0, master_offset - offset)})
+    return rows
 
 
 def _describe(err: BaseException) -> str:

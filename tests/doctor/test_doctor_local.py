@@ -39,7 +39,8 @@ def test_list_checks_in_fixed_order() -> None:
     assert d.code == 0
     names = [line.split()[0] for line in d.out.splitlines()]
     assert names == ["config", "config-agreement", "local-node", "peers", "ports", "node-name", "redis",
-                     "redis-eviction", "redis-persistence", "clock-skew", "split-brain", "leadership", "systemd",
+                     "redis-eviction", "redis-persistence", "clock-skew", "redis-sentinel", "redis-replication",
+                     "redis-clock", "split-brain", "leadership", "systemd",
                      "mdns"]
 
 

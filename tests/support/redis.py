@@ -212,15 +212,18 @@ class SentinelCluster:
     def start(self) -> SentinelCluster:
         for srv in self.servers:
             srv.start()
-        want_replicas = len(self.servers) - 1
-        wait_until(lambda: self.servers[0].client().info("replication").get("connected_slaves") == want_replicas,
-                   20, "replicas to connect to the primary")
+        wait_until(self._replicas_online, 20, "the replicas to be online (synced) at the primary")
         for s in self.sentinels:
             s.start()
         want = len(self.servers) - 1, len(self.sentinels) - 1
         wait_until(lambda: all(self._sees(s, *want) for s in self.sentinels), 30,
                    "every Sentinel to see the replicas and the other Sentinels")
         return self
+
+    def _replicas_online(self) -> bool:
+        repl = self.servers[0].client().info("replication")
+        states = [v.get("state") for k, v in repl.items() if k.startswith("slave") and isinstance(v, dict)]
+        return states.count("online") == len(self.servers) - 1
 
     @staticmethod
     def _sees(s: SentinelServer, replicas: int, others: int) -> bool:
