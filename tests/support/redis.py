@@ -212,7 +212,7 @@ class SentinelCluster:
     def start(self) -> SentinelCluster:
         for srv in self.servers:
             srv.start()
-        wait_until(self._replicas_online, 20, "the replicas to be online (synced) at the primary")
+        wait_until(self.replicas_online, 20, "the replicas to be online (synced) at the primary")
         for s in self.sentinels:
             s.start()
         want = len(self.servers) - 1, len(self.sentinels) - 1
@@ -220,8 +220,9 @@ class SentinelCluster:
                    "every Sentinel to see the replicas and the other Sentinels")
         return self
 
-    def _replicas_online(self) -> bool:
-        repl = self.servers[0].client().info("replication")
+    def replicas_online(self, primary: RedisServer | None = None) -> bool:
+        """Every other server is an online replica of ``primary`` (default: the first server)."""
+        repl = (primary or self.servers[0]).client().info("replication")
         states = [v.get("state") for k, v in repl.items() if k.startswith("slave") and isinstance(v, dict)]
         return states.count("online") == len(self.servers) - 1
 
