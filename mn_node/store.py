@@ -332,6 +332,51 @@ class Store:
         if self._suspect_restart and not await self.check():
             raise RedisUnavailable(f"redis unreachable: {self.last_error}")
 
+    async def execute_replicated(self, pipe: Any) -> list[Any]:
+        """Execute a transaction pipeline (``r.pipeline(transaction=True)``) as ``MULTI … EXEC``
+        and, in replicated mode, ``WAIT`` on the *same* connection; raise
+        :class:`WriteNotReplicated` when fewer replicas than ``min_acks`` acknowledge it (the
+        caller must not report it done). Replies are raw (no redis-py response callbacks).
+        Single-Redis mode: plain ``pipe.execute()``. Wrap the call in :meth:`guard`."""
+        if not self.replicated:
+            return list(await pipe.execute())
+        await self._settle_restart()
+        cmds: list[tuple[Any, ...]] = [("MULTI",), *(tuple(args) for args, _opts in pipe.command_stack),
+                                       ("EXEC",), ("WAIT", self.min_acks, self.ack_timeout_ms)]
+        pipe.command_stack.clear()
+        pool = self.r.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        replies: list[Any] = []
+        self.acks_waiting += 1
+        t0 = time.monotonic()
+        try:
+            await conn.send_packed_command(conn.pack_commands(cmds))
+            for _ in cmds:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as e:
+                    replies.append(e)
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            self.acks_waiting -= 1
+            await pool.release(conn)
+        exec_reply, acks = replies[-2], replies[-1]
+        errors = [r for r in replies[:-1] if isinstance(r, Exception)]
+        if any(str(e).startswith(("NOREPLICAS", "EXECABORT")) and "NOREPLICAS" in str(e) for e in errors):
+            raise WriteNotReplicated(self._refuse_write(
+                "the primary refused a transaction: too few replicas in sync (NOREPLICAS)"))
+        if errors or exec_reply is None:
+            raise ResponseError(f"transaction refused: {errors[0] if errors else 'EXEC returned nil'}")
+        if isinstance(acks, Exception) or int(acks) < self.min_acks:
+            raise WriteNotReplicated(self._refuse_write(
+                f"a transaction was acknowledged by {acks} of {self.min_acks} replica(s) within "
+                f"{self.ack_timeout_ms} ms, so it counts as not done; fix: check the replicas (mn doctor)"))
+        self.write_refused = ""
+        self.acked.emit(time.monotonic() - t0)
+        return list(exec_reply)
+
     async def guard(self, coro: Any) -> Any:
         """Await a plain redis-py call, mapping connection errors to RedisUnavailable. A
         command the server refuses (bad argument, …) raises too, but does not mark Redis

@@ -238,3 +238,27 @@ async def test_acknowledged_grant_survives_failover_only_with_wait(min_acks: int
         assert acked == [1, 2] and next_epoch == 2, (acked, next_epoch)
     else:
         assert acked == [1] and next_epoch > max(acked), (acked, next_epoch)
+
+
+async def test_execute_replicated_waits_on_the_transactions_connection(stores: Callable[..., Store],
+                                                                      sentinel_cluster: SentinelCluster) -> None:
+    s = stores()
+    pipe = s.r.pipeline(transaction=True)
+    pipe.hset(s.key("job", "j1"), mapping={"status": "pending"})
+    pipe.sadd(s.key("jobs", "active"), "j1")
+    assert await s.guard(s.execute_replicated(pipe)) == [1, 1]
+    for srv in sentinel_cluster.servers[1:]:  # acknowledged: on every replica already
+        assert srv.client().hget(s.key("job", "j1"), "status") == "pending"
+    single = Store(sentinel_cluster.servers[0].url, "plain")
+    try:  # single-Redis mode: a plain execute
+        p2 = single.r.pipeline(transaction=True)
+        p2.set("plain:x", "1")
+        assert await single.execute_replicated(p2) == [True]
+    finally:
+        await single.close()
+    for srv in sentinel_cluster.servers[1:]:
+        srv.kill9()
+    pipe = s.r.pipeline(transaction=True)
+    pipe.hset(s.key("job", "j2"), mapping={"status": "pending"})
+    with pytest.raises(WriteNotReplicated):
+        await s.guard(s.execute_replicated(pipe))
