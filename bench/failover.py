@@ -146,7 +146,8 @@ def primary_failover(c: Cluster, sc: SentinelCluster) -> tuple[float, float]:
     wait_until(lambda: int(r.hget(beat, "epoch") or 0) > ep, 60, "the new leader to act", interval=0.002)
     acting = time.perf_counter() - t0
     _rejoin(old, new)
-    wait_until(lambda: sc.replicas_online(new), 60, "the old primary to rejoin as a replica")
+    wait_until(lambda: sc.replicas_online(sc.primary()), 120,
+               "the old primary to rejoin as a replica (two online replicas of the current primary)")
     return granted, acting
 
 
