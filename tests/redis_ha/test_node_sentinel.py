@@ -113,3 +113,34 @@ def test_mn_doctor_accepts_a_sentinel_url(sentinel_cluster: SentinelCluster) -> 
     detail = {c["name"]: (c["detail"], c.get("info")) for c in doc["checks"]}
     assert statuses == {"redis": "ok", "redis-sentinel": "ok", "redis-replication": "ok", "redis-clock": "ok"}, detail
     assert out.returncode == 0
+
+
+def test_a_node_started_without_replicas_waits_instead_of_exiting(sentinel_cluster: SentinelCluster) -> None:
+    replicas = sentinel_cluster.servers[1:]
+    for srv in replicas:
+        srv.kill9()
+    primary = sentinel_cluster.servers[0].client()
+    wait_until(lambda: _refuses(primary), 15, "the primary to refuse writes (NOREPLICAS)")
+    c = Cluster(redis_url=sentinel_cluster.url, size=1, extra_env={
+        "MIRROR_NEURON_REDIS_SENTINEL_PASSWORD": sentinel_cluster.sentinel_password})
+    try:
+        c.start_all(wait=False)
+        c.wait_started(timeout=20)
+        assert c.nodes[0].alive, c.dump_logs()
+        health = c.get_status(1, "/api/v1/health")[1]
+        assert health["status"] != "ok", health
+        for srv in replicas:
+            srv.start()
+        wait_until(lambda: c.leader(), 30, "a leader once the replicas are back")
+        wait_until(lambda: c.get_status(1, "/api/v1/health")[1]["status"] == "ok", 20, "node 1 healthy")
+        assert c.nodes[0].alive
+    finally:
+        c.cleanup()
+
+
+def _refuses(client: Any) -> bool:
+    try:
+        client.set("probe", "1")
+    except Exception as e:
+        return "NOREPLICAS" in str(e)
+    return False
