@@ -78,3 +78,4 @@ TempFailError  # mn_node/errors.py: EX_TEMPFAIL
 _.established_wall  # mn_node/link/conn.py Conn, assigned, never read
 ConnFactory  # mn_node/link/conn.py type alias
 _.dropped_conns  # mn_node/link/manager.py counter, never read
+_.execute_replicated  # mn_node/store.py: tests/redis_ha and tests/faults/replicated_submit.py; jobs/state.create_job is to use it
