@@ -1,12 +1,21 @@
 """Leader failover on a real 3-node cluster + real Redis, and the cost of batched lease renewal.
 
     python bench/failover.py [--kills 20] [--stops 20] [--leases 10000] [--json out.json]
+    python bench/failover.py --redis sentinel [--primary-kills 20] [--job-reps 5] [--json out.json]
 
 * crash: SIGKILL the leader; time until a new leader *acts*, i.e. its first fenced write (the
   leader heartbeat ``{ns}:leader:beat``) lands in Redis with the new epoch.
 * graceful: SIGTERM the leader (what ``systemctl stop`` sends); same end point.
 * renew: one ``renew_all`` round trip for N leases held by one node.
 Goals (docs/architecture.md, "Numbers"): crash p99 <= 3 s, graceful p99 <= 200 ms, 10,000 renewals in one round trip.
+
+``--redis sentinel`` (1 primary, 2 replicas, 3 Sentinels on loopback, 3 nodes):
+
+* primary: SIGKILL the Redis primary; time until the first leader lease granted by the new
+  primary, and until the leader acts again (its fenced, replica-acknowledged heartbeat lands
+  with a greater epoch on the new primary). The killed server comes back as a replica.
+* cost: the same small jobs (coordination-heavy: 100 one-number agents) on a single-Redis
+  cluster and on the Sentinel cluster in the same run; goal: <= 1.3x the single-Redis time.
 """
 
 from __future__ import annotations
@@ -25,7 +34,8 @@ from bench._common import emit, machine, summary, table
 from mn_node.leases import Lease, LeaseManager
 from mn_node.store import Store
 from tests.support.cluster import Cluster
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, SentinelCluster
+from tests.support.wait import wait_until
 
 
 def holder(c: Cluster, r: Any) -> tuple[str | None, int]:
@@ -105,6 +115,108 @@ async def renew_bench(url: str, n: int, rounds: int) -> dict[str, Any]:
     return {"leases": n, "round_trips_per_renewal": 1, "seconds": summary(times)}
 
 
+def _primary_client(sc: SentinelCluster) -> Any:
+    return sc.primary().client()
+
+
+def primary_failovers(c: Cluster, sc: SentinelCluster, n: int) -> tuple[list[float], list[float]]:
+    """SIGKILL the primary n times: (seconds to the first grant on the new primary, seconds until
+    the leader acts there)."""
+    granted: list[float] = []
+    acting: list[float] = []
+    for _ in range(n):
+        g, a = primary_failover(c, sc)
+        granted.append(g)
+        acting.append(a)
+    return granted, acting
+
+
+def primary_failover(c: Cluster, sc: SentinelCluster) -> tuple[float, float]:
+    lease, beat = f"{c.namespace}:lease:cluster:leader", f"{c.namespace}:leader:beat"
+    _node, ep = stable(c, _primary_client(sc))
+    old = sc.primary()
+    t0 = time.perf_counter()
+    old.kill9()
+    new = wait_until(lambda: (p := sc.primary()) is not old and p, 60, "Sentinel to promote a replica",
+                     interval=0.005)
+    r = new.client()
+    wait_until(lambda: int((r.get(lease) or "x|x|0").split("|")[2]) > ep, 60, "a grant on the new primary",
+               interval=0.002)
+    granted = time.perf_counter() - t0
+    wait_until(lambda: int(r.hget(beat, "epoch") or 0) > ep, 60, "the new leader to act", interval=0.002)
+    acting = time.perf_counter() - t0
+    _rejoin(old, new)
+    wait_until(lambda: sc.replicas_online(sc.primary()), 120,
+               "the old primary to rejoin as a replica (two online replicas of the current primary)")
+    return granted, acting
+
+
+def _rejoin(old: RedisServer, new: RedisServer) -> None:
+    args, skip = [], 0
+    for a in old.extra:
+        if skip:
+            skip -= 1
+            continue
+        if a == "--replicaof":
+            skip = 2
+            continue
+        args.append(a)
+    old.extra = [*args, "--replicaof", new.host, str(new.port)]
+    old.start()
+
+
+def job_cost(url: str, env: dict[str, str], reps: int) -> list[float]:
+    from bench.jobs import run_job
+
+    c = Cluster(redis_url=url, size=3, extra_env=env)
+    try:
+        c.start_all()
+        c.wait_leader()
+        params = {"workers": 100, "start": 1000, "chunk_size": 1}
+        run_job(c, {**params, "workers": 3})  # warm up
+        return [run_job(c, params, poll=0.02)[0] for _ in range(reps)]
+    finally:
+        c.cleanup()
+
+
+def main_sentinel(args: argparse.Namespace) -> None:
+    single = RedisServer().start()
+    sc = SentinelCluster().start()
+    try:
+        single_times = job_cost(single.url, {}, args.job_reps)
+        ha_env = {"MIRROR_NEURON_REDIS_SENTINEL_PASSWORD": sc.sentinel_password}
+        ha_times = job_cost(sc.url, ha_env, args.job_reps)
+        c = Cluster(redis_url=sc.url, size=3, extra_env=ha_env)
+        try:
+            c.start_all()
+            granted, acting = primary_failovers(c, sc, args.primary_kills)
+            cfg = c.get(1, "/api/v1/system/summary")
+        finally:
+            c.cleanup()
+    finally:
+        sc.cleanup()
+        single.cleanup()
+    gs, as_, ss, hs = summary(granted), summary(acting), summary(single_times), summary(ha_times)
+    ratio = hs["p50"] / ss["p50"]
+    result = {
+        "benchmark": "failover-sentinel", "nodes": 3, "redis": "1 primary + 2 replicas + 3 Sentinels",
+        "sentinel_down_after_ms": 1000, "primary_kill_to_first_grant_s": gs, "primary_kill_to_leader_acting_s": as_,
+        "job_s_single_redis": ss, "job_s_sentinel": hs, "job_cost_ratio_p50": round(ratio, 3),
+        "goals": {"job_cost_ratio": 1.3}, "goals_met": {"job_cost_ratio": ratio <= 1.3},
+        "node": {"version": cfg.get("version")}, "machine": machine(),
+    }
+    rows = [
+        ["primary SIGKILL -> first grant on new primary", gs["n"], f"{gs['p50'] * 1000:.0f} ms",
+         f"{gs['p99'] * 1000:.0f} ms", "-"],
+        ["primary SIGKILL -> leader acts again", as_["n"], f"{as_['p50'] * 1000:.0f} ms",
+         f"{as_['p99'] * 1000:.0f} ms", "-"],
+        ["job (100 agents), single Redis", ss["n"], f"{ss['p50'] * 1000:.0f} ms", f"{ss['p99'] * 1000:.0f} ms", ""],
+        ["job (100 agents), Sentinel + WAIT", hs["n"], f"{hs['p50'] * 1000:.0f} ms", f"{hs['p99'] * 1000:.0f} ms",
+         f"ratio {ratio:.2f} (<= 1.3)"],
+    ]
+    emit(result, table(rows, ["what", "n", "p50", "p99", "goal"]), args.json_path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kills", type=int, default=20)
@@ -112,7 +224,13 @@ def main() -> None:
     p.add_argument("--leases", type=int, default=10_000)
     p.add_argument("--renew-rounds", type=int, default=20)
     p.add_argument("--json", dest="json_path")
+    p.add_argument("--redis", choices=["single", "sentinel"], default="single")
+    p.add_argument("--primary-kills", type=int, default=20)
+    p.add_argument("--job-reps", type=int, default=5)
     args = p.parse_args()
+    if args.redis == "sentinel":
+        main_sentinel(args)
+        return
     srv = RedisServer().start()
     c = Cluster(redis_url=srv.url, size=3)
     try:

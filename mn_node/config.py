@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mn_node.errors import ConfigError
 
@@ -109,8 +109,12 @@ def redact_url(url: str) -> str:
 
 
 def validate_redis_url(url: str, var: str = "MIRROR_NEURON_REDIS_URL") -> str:
-    fix = "fix: use redis://[:password@]host:6379/0 (rediss:// for TLS, unix:///path.sock)"
+    fix = ("fix: use redis://[:password@]host:6379/0 (rediss:// for TLS, unix:///path.sock, "
+           "redis+sentinel://[:password@]h1:26379,h2:26379,h3:26379/MASTER/0 for Sentinel)")
     shown = redact_url(url)
+    if url.startswith(SENTINEL_SCHEME + "://"):
+        parse_sentinel_url(url, var)
+        return url
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -130,6 +134,74 @@ def validate_redis_url(url: str, var: str = "MIRROR_NEURON_REDIS_URL") -> str:
     if db and not db.isdigit():
         raise ConfigError(f"{var}: {shown!r} has database {db!r}, not a number; {fix}")
     return url
+
+
+# ---- Redis high availability (Sentinel URL, replica acknowledgement of writes) ---------------
+SENTINEL_SCHEME = "redis+sentinel"
+DEFAULT_SENTINEL_PORT = 26379
+_MASTER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """``redis+sentinel://[:PASS@]h1:26379,h2:26379/MASTER/DB``: the Sentinels to ask, the
+    master (service) name, the database and the data nodes' password."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int
+    password: str | None = field(default=None, repr=False)
+
+
+def is_sentinel_url(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(SENTINEL_SCHEME + "://")
+
+
+def parse_sentinel_url(url: str, var: str = "MIRROR_NEURON_REDIS_URL") -> SentinelUrl:
+    """Parse and check a Sentinel URL; a bad one is a one-line :class:`ConfigError`."""
+    shown = redact_url(url)
+    fix = "fix: use redis+sentinel://[:password@]h1:26379,h2:26379,h3:26379/MASTER_NAME/0"
+    rest = url[len(SENTINEL_SCHEME) + 3:]
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    password = None
+    if at:
+        if ":" not in userinfo:
+            raise ConfigError(f"{var}: {shown!r} has a user but no password; {fix}")
+        password = unquote(userinfo.split(":", 1)[1]) or None
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = item.strip(), str(DEFAULT_SENTINEL_PORT)
+        host = host.strip("[]")
+        if not host:
+            raise ConfigError(f"{var}: {shown!r} names an empty Sentinel host; {fix}")
+        sentinels.append((host, _parse_port(port, var, shown)))
+    master, _, db = path.partition("/")
+    if not master:
+        raise ConfigError(f"{var}: {shown!r} names no master (service) name; {fix}")
+    if not _MASTER_RE.match(master):
+        raise ConfigError(f"{var}: master name {master!r} has bad characters; {fix}")
+    db = db.strip("/") or "0"
+    if not db.isdigit():
+        raise ConfigError(f"{var}: {shown!r} has database {db!r}, not a number; {fix}")
+    return SentinelUrl(tuple(sentinels), master, int(db), password)
+
+
+def _redis_ha(env: Mapping[str, str], url: str | None, ttl_ms: int) -> tuple[str | None, int, int]:
+    """The replication settings: Sentinel password, replica acknowledgements, their timeout.
+    A Sentinel URL means replicated mode (1 acknowledgement) unless MIN_ACKS says otherwise."""
+    default_acks = 1 if is_sentinel_url(url) else 0
+    acks = _int(env, "REDIS_MIN_ACKS", default_acks, 0, 16)
+    timeout = _int(env, "REDIS_ACK_TIMEOUT_MS", max(10, min(ttl_ms // 4, 250)), 1, 60_000, " (milliseconds)")
+    if acks and timeout * 2 >= ttl_ms:
+        raise ConfigError(
+            f"MIRROR_NEURON_REDIS_ACK_TIMEOUT_MS: {timeout} is not under half the lease TTL {ttl_ms}; "
+            "fix: wait at most TTL/4 for a replica's acknowledgement (default min(TTL/4, 250))"
+        )
+    password = env.get(ENV_PREFIX + "REDIS_SENTINEL_PASSWORD", "").strip() or None
+    return password, acks, timeout
 
 
 def parse_env_file(path: Path) -> dict[str, str]:
@@ -189,6 +261,9 @@ class Config:
     me: NodeAddr
     redis_url: str | None
     namespace: str = "mirror_neuron"
+    redis_sentinel_password: str | None = field(default=None, repr=False)
+    redis_min_acks: int = 0  # replicas that must acknowledge a write (WAIT); 0: single Redis
+    redis_ack_timeout_ms: int = 250
     dist_bind: str = ""
     api_bind: str = "127.0.0.1"
     api_port: int = DEFAULT_API_PORT
@@ -252,6 +327,9 @@ class Config:
             "api_insecure": self.api_tls.insecure,
             "redis_url": redact_url(self.redis_url) if self.redis_url else None,
             "redis_namespace": self.namespace,
+            "redis_sentinel_password": "(set)" if self.redis_sentinel_password else None,
+            "redis_min_acks": self.redis_min_acks,
+            "redis_ack_timeout_ms": self.redis_ack_timeout_ms,
             "discovery": sorted(self.discovery),
             "lease_ttl_ms": self.lease_ttl_ms,
             "renew_interval_ms": self.renew_interval_ms,
@@ -606,6 +684,7 @@ def load_config(
     discovery = _discovery(env)
     namespace = _namespace(env)
     ttl, renew, tick, timeout = _timings(env)
+    sentinel_pw, min_acks, ack_timeout = _redis_ha(env, redis_url, ttl)
     capacity = _int(env, "EXECUTOR_CAPACITY", os.cpu_count() or 1, 1, 4096)
     commands, command_timeout = _commands(env)
     return Config(
@@ -615,7 +694,8 @@ def load_config(
         executor_capacity=capacity, state_dir=_state_dir(env), commands=commands, command_timeout_s=command_timeout,
         job_retention_ms=job_retention_ms(env), log_level=_log_level(env), log_format=_log_format(env),
         env_file=env_file,
-        warnings=tuple(_cookie_warnings(cookie) + tls_warnings),
+        warnings=tuple(_cookie_warnings(cookie) + tls_warnings), redis_sentinel_password=sentinel_pw,
+        redis_min_acks=min_acks, redis_ack_timeout_ms=ack_timeout,
     )
 
 

@@ -229,7 +229,7 @@ async def post_drain(request: web.Request) -> web.Response:
     pipe = store.r.pipeline(transaction=True)
     pipe.hset(drain_key(store, name), mapping=fields)
     pipe.sadd(index_key(store), name)
-    await store.guard(pipe.execute())
+    await store.guard(store.execute_replicated(pipe))
     await store.event("node_drain", request.app[NODE_KEY].name, "", target=name,
                       deadline_ms=fields["deadline_ms"], forced=force)
     log.warning("drain of %s requested (deadline %s)", name, fields["deadline_ms"] or "none")
@@ -247,7 +247,7 @@ async def post_undrain(request: web.Request) -> web.Response:
     pipe = store.r.pipeline(transaction=True)
     pipe.delete(drain_key(store, name))
     pipe.srem(index_key(store), name)
-    await store.guard(pipe.execute())
+    await store.guard(store.execute_replicated(pipe))
     previous = drains.get(name, {}).get("state", "")
     if previous:
         await store.event("node_undrain", request.app[NODE_KEY].name, "", target=name, previous=previous)

@@ -6,7 +6,8 @@ several nodes can live in one process, as in tests) holding:
 - :class:`NodeCollector`: the node's state read at scrape time (members, leadership, Redis,
   leases, link traffic, executor and coordinator counts) plus ``mn_build_info``;
 - ``process_*`` from prometheus_client's :class:`~prometheus_client.ProcessCollector`;
-- the histogram ``mn_lease_renew_latency_seconds``, fed by :attr:`LeaseManager.renewed`.
+- the histogram ``mn_lease_renew_latency_seconds``, fed by :attr:`LeaseManager.renewed`;
+- the histogram ``mn_redis_ack_latency_seconds``, fed by :attr:`Store.acked` (replicated mode).
 
 Every family carries HELP and TYPE. Names and labels are a contract: the fault observers,
 the election and job tests read ``mn_is_leader``, ``mn_leader_epoch``,
@@ -79,6 +80,16 @@ class NodeCollector(Collector):
                      lease.epoch if lease and lease.valid() else 0)
         yield _counter("mn_leader_changes_total", "Times this node has been elected leader.", election.changes)
         yield _gauge("mn_redis_up", "1 if this node's last Redis call succeeded.", int(self.parts.store.available))
+        yield from self._redis_ha()
+
+    def _redis_ha(self) -> Iterator[Metric]:
+        store = self.parts.store
+        yield _counter("mn_redis_failovers_total", "Changes of the Redis primary this node has followed "
+                       "(Sentinel named another primary).", store.failovers)
+        yield _gauge("mn_redis_writes_awaiting_ack", "Fenced writes sent and waiting for a replica's "
+                     "acknowledgement (WAIT) now.", store.acks_waiting)
+        yield _gauge("mn_redis_writes_unreplicated", "1 while writes are refused for want of a replica's "
+                     "acknowledgement (the node does not act on them).", int(bool(store.write_refused)))
 
     def _leases(self) -> Iterator[Metric]:
         leases = self.parts.leases
@@ -135,6 +146,12 @@ class NodeMetrics:
         )
         self._renewed = parts.leases.renewed
         self._renewed.connect(self.renew_latency.observe)
+        self.ack_latency = Histogram(
+            "mn_redis_ack_latency_seconds", "Duration of each replicated write: the script and the WAIT for "
+            "its replica acknowledgement (one round trip).", buckets=RENEW_BUCKETS, registry=self.registry,
+        )
+        self._acked = parts.store.acked
+        self._acked.connect(self.ack_latency.observe)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -142,3 +159,4 @@ class NodeMetrics:
     def close(self) -> None:
         """Stop observing renewals (the registry stays readable)."""
         self._renewed.disconnect(self.renew_latency.observe)
+        self._acked.disconnect(self.ack_latency.observe)

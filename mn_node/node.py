@@ -68,7 +68,7 @@ def build_parts(cfg: Config) -> NodeParts:
         raise ConfigError("MIRROR_NEURON_REDIS_URL: not set; fix: set it to redis://host:6379/0")
     incarnation = new_incarnation()
     started = time.time()
-    store = Store(cfg.redis_url, cfg.namespace)
+    store = Store.from_config(cfg)
     links = LinkManager(
         Identity(cfg.cookie, cfg.name, incarnation),
         tick=cfg.link_tick_ms / 1000,

@@ -15,7 +15,7 @@ import psutil
 from mn_node import __version__
 from mn_node.config import Config
 from mn_node.errors import RedisUnavailable, UnavailableError
-from mn_node.store import Store
+from mn_node.store import Store, WriteNotReplicated
 
 log = logging.getLogger("mn_node.registration")
 
@@ -104,7 +104,14 @@ class Registration:
                      self.cfg.name, existing.get("incarnation"), why)
             force = True
         args = [self.incarnation, self.ttl_ms] + (["force"] if force else []) + self._fields(load)
-        res = await self.store.scripts.register([self.key], args)
+        try:
+            res = await self.store.scripts.register([self.key], args)
+        except WriteNotReplicated as e:
+            # The name claim guards no fenced action and is rewritten at every refresh (which
+            # creates it when missing): an unreplicated claim is not a reason to stop the daemon.
+            log.warning("registration of %s not acknowledged by a replica yet (%s); refreshed until it is",
+                        self.cfg.name, e)
+            return
         if int(res[0]) != 1:
             raise UnavailableError(
                 f"node name {self.cfg.name} was claimed concurrently by incarnation {res[1]}; "

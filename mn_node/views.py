@@ -83,6 +83,8 @@ class NodeView:
             reasons.append("starting")
         if not self.store.available:
             reasons.append(f"redis unreachable: {self.store.last_error}")
+        elif self.store.write_refused:
+            reasons.append(f"redis writes not replicated: {self.store.write_refused}")
         elif not self._status.registered:
             reasons.append("not registered in redis yet")
         if self._status.stopping:
@@ -120,7 +122,7 @@ class NodeView:
             "leader": leader,
             "is_leader": p.election.is_leader,
             "redis": {"available": self.store.available, "url": self.store.display_url,
-                      "error": self.store.last_error or None},
+                      "error": self.store.last_error or None, "topology": await self.store.topology()},
             "config_fingerprint": p.registration.cfg.fingerprint(),  # reloads update the registration's
             "executor_capacity": p.jobs.executor.capacity,
             "executors_busy": p.jobs.executor.busy,
@@ -138,6 +140,8 @@ class NodeView:
             _merge_registration(rows.setdefault(name, _unlinked_row(name, reg)), reg)
         for row in rows.values():
             row.setdefault("registered", False)
+        if self.name in rows:  # the Redis topology as the answering node sees it
+            rows[self.name]["redis_topology"] = await self.store.topology()
         return sorted(rows.values(), key=lambda r: str(r["name"]))
 
     async def leader(self) -> dict[str, Any] | None:

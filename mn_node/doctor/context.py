@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from mn_node.config import DEFAULT_API_PORT, DEFAULT_ENV_FILE, Config, NodeAddr, load_config, parse_env_file
+from mn_node.config import (
+    DEFAULT_API_PORT,
+    DEFAULT_ENV_FILE,
+    Config,
+    NodeAddr,
+    is_sentinel_url,
+    load_config,
+    parse_env_file,
+)
 from mn_node.errors import ConfigError
 
 T = TypeVar("T")
@@ -75,6 +83,18 @@ class Context:
         if self.cfg is not None:
             return self.cfg.redis_url
         return self.env.get("MIRROR_NEURON_REDIS_URL", "").strip() or None
+
+    @property
+    def redis_sentinel_password(self) -> str | None:
+        if self.cfg is not None:
+            return self.cfg.redis_sentinel_password
+        return self.env.get("MIRROR_NEURON_REDIS_SENTINEL_PASSWORD", "").strip() or None
+
+    @property
+    def redis_min_acks(self) -> int:
+        if self.cfg is not None:
+            return self.cfg.redis_min_acks
+        return 1 if is_sentinel_url(self.redis_url) else 0
 
     @property
     def namespace(self) -> str:

@@ -13,7 +13,15 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from mn_node.config import DEFAULT_API_PORT, DEFAULT_REDIS_PORT, NodeAddr, parse_env_file, redact_url
+from mn_node.config import (
+    DEFAULT_API_PORT,
+    DEFAULT_REDIS_PORT,
+    NodeAddr,
+    is_sentinel_url,
+    parse_env_file,
+    parse_sentinel_url,
+    redact_url,
+)
 from mn_node.doctor.context import Context
 from mn_node.doctor.model import Kind
 from mn_node.doctor.probes import (
@@ -52,6 +60,9 @@ class RedisFacts:
     persistence: dict[str, Any] = field(default_factory=dict)
     time_ms: float = 0.0  # Redis TIME
     skew_ms: float = 0.0  # local clock minus Redis clock (RTT-compensated)
+    sentinel: Any = None  # redis.asyncio.sentinel.Sentinel for a redis+sentinel:// URL
+    master_name: str = ""
+    password: str | None = field(default=None, repr=False)  # the data nodes' (to reach the replicas)
 
     def cli(self) -> str:
         """A copy-pasteable redis-cli prefix for this server (never with the password)."""
@@ -157,12 +168,18 @@ async def _probe_redis(ctx: Context) -> RedisFacts:
                           Kind.CONFIG, f"set MIRROR_NEURON_REDIS_URL=redis://HOST:6379/0 in {envf}")
     facts = RedisFacts(redact_url(url), False)
     st = ctx.stage
-    if urlsplit(url).scheme in ("redis", "rediss") and not await _tcp_stage(facts, url, st, envf):
-        return facts
-    client = aioredis.Redis.from_url(
-        url, socket_connect_timeout=st, socket_timeout=st, decode_responses=True,
-        retry=Retry(NoBackoff(), 0), health_check_interval=0,
-    )
+    kw: dict[str, Any] = {"socket_connect_timeout": st, "socket_timeout": st, "decode_responses": True,
+                          "retry": Retry(NoBackoff(), 0), "health_check_interval": 0}
+    if is_sentinel_url(url):
+        if not await _sentinel_stage(ctx, facts, url, kw):
+            return facts
+        client = facts.sentinel.master_for(facts.master_name, redis_class=aioredis.Redis, password=facts.password,
+                                           db=parse_sentinel_url(url).db, **kw)
+    else:
+        if urlsplit(url).scheme in ("redis", "rediss") and not await _tcp_stage(facts, url, st, envf):
+            return facts
+        facts.password = urlsplit(url).password
+        client = aioredis.Redis.from_url(url, **kw)
     facts.client = client
     ctx.on_close(client.aclose)
     try:
@@ -172,6 +189,49 @@ async def _probe_redis(ctx: Context) -> RedisFacts:
         return facts
     facts.ok = True
     return facts
+
+
+async def _sentinel_stage(ctx: Context, facts: RedisFacts, url: str, kw: dict[str, Any]) -> bool:
+    """Ask the Sentinels for the primary; fills host/port. False (with the error) if none names one."""
+    from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
+
+    su = parse_sentinel_url(url)
+    facts.master_name, facts.password, facts.has_password = su.master, su.password, bool(su.password)
+    facts.sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(su.sentinels), sentinel_kwargs={**kw, "password": ctx.redis_sentinel_password})
+    ctx.on_close(facts.sentinel.aclose)
+    try:
+        host, port = await facts.sentinel.discover_master(su.master)
+    except MasterNotFoundError as e:
+        known = await _sentinels_knowing(facts.sentinel, su.master)
+        if known == 0:
+            facts.kind = Kind.CONFIG
+            facts.error = f"no reachable Sentinel of {facts.url} monitors a master named {su.master!r}"
+            facts.fix = ("use the name given to `sentinel monitor` in MIRROR_NEURON_REDIS_URL "
+                         "(redis-cli -p 26379 SENTINEL MASTERS lists them)")
+        else:
+            facts.error = f"no Sentinel of {facts.url} names a healthy primary for {su.master!r}: {_redis_error(e)[0]}"
+            facts.fix = ("check the Sentinels and the Redis hosts: systemctl status redis-sentinel redis-server; "
+                         "redis-cli -p 26379 SENTINEL MASTERS")
+        return False
+    facts.host, facts.port = str(host), int(port)
+    return True
+
+
+async def _sentinels_knowing(sentinel: Any, master: str) -> int | None:
+    """How many Sentinels know ``master`` (0: all that answered deny it; None: none answered)."""
+    from redis.exceptions import RedisError, ResponseError
+
+    answered, known = 0, 0
+    for s in sentinel.sentinels:
+        try:
+            await s.sentinel_master(master)
+            answered, known = answered + 1, known + 1
+        except ResponseError:
+            answered += 1
+        except (RedisError, OSError, TimeoutError):
+            continue
+    return known if answered else None
 
 
 async def registrations(ctx: Context) -> dict[str, dict[str, str]] | None:

@@ -125,7 +125,9 @@ async def create_job(store: Store, manifest: Manifest, node: str, request: dict[
     for etype in ("job_pending", "job_validated"):
         pipe.xadd(k.events, {"type": etype, "node": node, "epoch": "", "data": json.dumps(
             {"agents": len(manifest.agents), "graph_id": manifest.graph_id})}, maxlen=EVENTS_MAXLEN, approximate=True)
-    await store.guard(pipe.execute())
+    # acknowledged to the client only once a replica has it (replicated mode): a submit that a
+    # failover lost would otherwise be a job the user was told exists
+    await store.guard(store.execute_replicated(pipe))
     return job_id
 
 

@@ -39,8 +39,9 @@ def test_list_checks_in_fixed_order() -> None:
     assert d.code == 0
     names = [line.split()[0] for line in d.out.splitlines()]
     assert names == ["config", "config-agreement", "local-node", "peers", "ports", "node-name", "redis",
-                     "redis-eviction", "redis-persistence", "clock-skew", "split-brain", "leadership", "drain",
-                     "systemd", "mdns"]
+                     "redis-eviction", "redis-persistence", "clock-skew", "redis-sentinel", "redis-replication",
+                     "redis-clock", "split-brain", "leadership", "drain", "systemd",
+                     "mdns"]
 
 
 def test_bad_input_is_one_line_with_a_fix(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--appendfsync", default="always", choices=("always", "everysec", "no"),
                    help="Redis AOF fsync policy (default always: see docs/faults.md)")
     r.add_argument("--max-open-jobs", type=int, default=4)
+    r.add_argument("--redis", default="single", choices=("single", "sentinel"),
+                   help="sentinel: a primary, two replicas and three Sentinels, with the primary faults")
     c = sub.add_parser("check", help="re-run the checker over a history file")
     c.add_argument("history", type=Path)
     f = sub.add_parser("fuzz", help="fuzz the link frame decoder and handshake (hypothesis)")
@@ -43,10 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "run":
+        from tests.faults.nemesis import FAULTS, SENTINEL_RUN_FAULTS
         from tests.faults.runner import Options, main_run, render, run
 
         opts = Options(seed=args.seed, minutes=args.minutes, nodes=args.nodes, workdir=args.workdir,
-                       keep=args.keep, appendfsync=args.appendfsync, max_open_jobs=args.max_open_jobs)
+                       keep=args.keep, appendfsync=args.appendfsync, max_open_jobs=args.max_open_jobs,
+                       redis=args.redis, faults=SENTINEL_RUN_FAULTS if args.redis == "sentinel" else FAULTS)
         if args.json is None:
             return main_run(opts)
         res = run(opts)

@@ -100,6 +100,7 @@ def check(records: Iterable[dict[str, Any]]) -> Report:
             final = r
     _check_leaders(rep, metrics, beats, final)
     _check_jobs(rep, jobobs, acked, final)
+    _check_acked_kept(rep, jobobs, final)
     rep.stats.update(metrics_samples=len(metrics), beat_samples=len(beats),
                      job_observations=sum(len(v) for v in jobobs.values()), acked_jobs=len(acked))
     return rep
@@ -231,6 +232,30 @@ def _check_jobs(rep: Report, jobobs: dict[str, list[dict[str, Any]]], acked: dic
             rep.add("job_outcome", f"job {job_id}: ended the run {status!r} (never finished)", None,
                     {"job": job_id, "status": status, "owner": j.get("owner"), "lease": j.get("lease"),
                      "done": j.get("agents_done")})
+
+
+def _check_acked_kept(rep: Report, jobobs: dict[str, list[dict[str, Any]]], final: dict[str, Any] | None) -> None:
+    """``lost_ack``: a completion observed in Redis (a job ``completed``, an executor's result
+    stored) is still there at the end. In Sentinel mode the observer reads a replica, so what it
+    saw had been replicated; losing it in a failover is exactly what must not happen."""
+    if final is None:
+        return
+    jobs: dict[str, dict[str, Any]] = final.get("jobs", {})
+    for job_id, obs in jobobs.items():
+        end = jobs.get(job_id)
+        if end is None:
+            continue  # lost_job reports a vanished job
+        seen_done = next((o for o in obs if o.get("status") == "completed"), None)
+        if seen_done is not None and end.get("status") != "completed":
+            rep.add("lost_ack", f"job {job_id} was seen completed (t={seen_done['t0']:.3f}) but ended "
+                    f"{end.get('status')!r}", seen_done["t0"], seen_done)
+        kept = set(end.get("completed", []))
+        for o in obs:
+            gone = [a for a in o.get("completed", []) if a not in kept]
+            if gone:
+                rep.add("lost_ack", f"job {job_id}: results of {gone[:5]} were seen stored (t={o['t0']:.3f}) but "
+                        "are missing at the end", o["t0"], o)
+                break
 
 
 def _rerun_step(rep: Report, job_id: str, done_runs: dict[str, tuple[int, dict[str, Any]]],

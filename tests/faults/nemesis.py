@@ -18,7 +18,7 @@ from typing import Any
 from tests.faults.history import History
 from tests.faults.netns import Net
 from tests.faults.observe import HTTP_TIMEOUT, http_get
-from tests.faults.system import NodeProc, NodeSet, RedisProc
+from tests.faults.system import DOWN_AFTER_MS, NodeProc, NodeSet, RedisProc, SentinelRedis
 
 FAULTS = (
     "kill",            # SIGKILL a node, keep it down, start it again
@@ -30,7 +30,17 @@ FAULTS = (
     "redis_restart",   # kill -9 Redis, restart it from its AOF
     "restart",         # same-name restart of a node (SIGKILL or SIGTERM, then start at once)
 )
-NODE_FAULTS = {"kill", "pause", "cut_peers", "cut_redis", "loss", "restart"}
+# --redis sentinel: a primary, two replicas, three Sentinels (system.SentinelRedis)
+SENTINEL_FAULTS = (
+    "primary_kill",    # SIGKILL the primary; it comes back as a replica of whoever was promoted
+    "primary_pause",   # SIGSTOP the primary past Sentinel's down-after, then SIGCONT
+    "primary_cut",     # the primary's host cut from the replicas, Sentinels and all nodes but one
+    "replica_kill",    # SIGKILL a replica, start it again
+)
+ALL_FAULTS = FAULTS + SENTINEL_FAULTS
+# the faults of a Sentinel run: the node faults, Redis cut from one node, and the four above
+SENTINEL_RUN_FAULTS = ("kill", "pause", "cut_peers", "cut_redis", "loss", "restart", *SENTINEL_FAULTS)
+NODE_FAULTS = {"kill", "pause", "cut_peers", "cut_redis", "loss", "restart", "primary_cut"}
 
 
 @dataclass
@@ -47,9 +57,9 @@ def schedule(seed: int, nodes: int, ttl_s: float, kinds: tuple[str, ...] = FAULT
     rng = random.Random(seed)
     deck: list[str] = []
     count = 0
-    unknown = set(kinds) - set(FAULTS)
+    unknown = set(kinds) - set(ALL_FAULTS)
     if unknown or not kinds:
-        raise ValueError(f"fault kinds must be a non-empty subset of {FAULTS}, not {kinds}")
+        raise ValueError(f"fault kinds must be a non-empty subset of {ALL_FAULTS}, not {kinds}")
 
     def next_fault() -> Fault:
         nonlocal count
@@ -61,6 +71,10 @@ def schedule(seed: int, nodes: int, ttl_s: float, kinds: tuple[str, ...] = FAULT
         target = rng.randint(1, nodes) if kind in NODE_FAULTS else 0
         if kind == "pause":
             hold = ttl_s + rng.uniform(0.5, 3.0)  # longer than the lease TTL, by design
+        elif kind == "primary_pause":
+            hold = DOWN_AFTER_MS / 1000 + rng.uniform(0.5, 3.0)  # past Sentinel's down-after, by design
+        elif kind in ("primary_kill", "replica_kill"):
+            hold = rng.uniform(1.0, 5.0)
         elif kind in ("kill",):
             hold = rng.uniform(1.0, 6.0)
         elif kind == "redis_restart":
@@ -78,7 +92,7 @@ def schedule(seed: int, nodes: int, ttl_s: float, kinds: tuple[str, ...] = FAULT
 
 
 class Nemesis:
-    def __init__(self, hist: History, net: Net, rds: RedisProc, nodes: NodeSet, ttl_s: float,
+    def __init__(self, hist: History, net: Net, rds: RedisProc | SentinelRedis, nodes: NodeSet, ttl_s: float,
                  settle_timeout: float = 20.0) -> None:
         self.hist = hist
         self.net = net
@@ -134,8 +148,11 @@ class Nemesis:
             return lambda: net.heal(node.ns)
         if f.type == "cut_redis":
             assert node is not None
-            net.drop(node.ns, [net.redis_addr])
+            net.drop(node.ns, net.redis_addrs())
             return lambda: net.heal(node.ns)
+        if f.type in SENTINEL_FAULTS:
+            assert isinstance(self.rds, SentinelRedis), f"{f.type} needs --redis sentinel"
+            return self._inject_sentinel(f, node, self.rds)
         if f.type == "isolate_redis":
             net.drop(net.redis_ns, net.all_node_addrs())
             return lambda: net.heal(net.redis_ns)
@@ -148,6 +165,35 @@ class Nemesis:
             return self._restart_redis
         raise ValueError(f"unknown fault {f.type}")
 
+    def _inject_sentinel(self, f: Fault, node: NodeProc | None, rds: SentinelRedis) -> Callable[[], None]:
+        k = rds.primary_index()
+        self.hist.add("note", what="redis primary before the fault", fault=f.n, primary=self.net.redis_host_addr(k))
+        if f.type == "primary_kill":
+            rds.kill_server(k)
+            return lambda: rds.restart_as_replica(k)
+        if f.type == "primary_pause":
+            rds.signal_server(k, signal.SIGSTOP)
+            return lambda: rds.signal_server(k, signal.SIGCONT)
+        if f.type == "primary_cut":
+            assert node is not None  # the one node left on the primary's side
+            ns = self.net.redis_host_ns(k)
+            cut = [self.net.redis_host_addr(j) for j in rds.hosts if j != k]
+            cut += [n.addr for n in self.nodes.nodes if n is not node]
+            self.net.drop(ns, cut)
+            return lambda: self.net.heal(ns)
+        replica = next((j for j in rds.hosts if j != k and rds.server_alive(j)), None)
+        if replica is None:
+            return lambda: None
+        rds.kill_server(replica)
+        return lambda: rds.restart_as_replica(replica)
+
+    def restart_dead_redis(self) -> None:
+        """Sentinel mode: a server still down after a heal (e.g. killed twice) comes back as a replica."""
+        if isinstance(self.rds, SentinelRedis):
+            for k in self.rds.hosts:
+                if not self.rds.server_alive(k):
+                    self.rds.restart_as_replica(k)
+
     def _restart_redis(self) -> None:
         self.rds.start()
         deadline = time.monotonic() + 20
@@ -158,6 +204,7 @@ class Nemesis:
 
     # ---- after a heal -------------------------------------------------------------------------
     def restart_crashed(self) -> None:
+        self.restart_dead_redis()
         for n, rc in self.nodes.unexpected_exits():
             self.hist.add("node_exit", node=n.name, rc=rc, log_tail=self.nodes.log_tail(n, 2000))
             n.expected_exit = True

@@ -55,6 +55,7 @@ class Net:
     prefix: str
     subnet: str  # "10.88.S"
     nodes: int
+    redis_hosts: int = 1  # 3: a primary, two replicas and a Sentinel each, in -r1..-r3 (.4-.6)
     created: list[str] = field(default_factory=list)
     _home_fd: int | None = None
 
@@ -85,6 +86,18 @@ class Net:
     def node_addr(self, k: int) -> str:
         return f"{self.subnet}.{10 + k}"
 
+    def redis_host_ns(self, k: int) -> str:
+        return f"{self.prefix}-r{k}"
+
+    def redis_host_addr(self, k: int) -> str:
+        return f"{self.subnet}.{3 + k}"
+
+    def redis_addrs(self) -> list[str]:
+        """Every Redis-side address the nodes talk to (servers and Sentinels)."""
+        if self.redis_hosts <= 1:
+            return [self.redis_addr]
+        return [self.redis_host_addr(k) for k in range(1, self.redis_hosts + 1)]
+
     def all_node_addrs(self) -> list[str]:
         return [self.node_addr(k) for k in range(1, self.nodes + 1)]
 
@@ -99,6 +112,9 @@ class Net:
             sh(["ip", "-n", self.hub, "link", "set", "br0", "up"])
             self._cable(self.ctl, self.ctl_addr, 3)
             self._cable(self.redis_ns, self.redis_addr, 2)
+            if self.redis_hosts > 1:
+                for k in range(1, self.redis_hosts + 1):
+                    self._cable(self.redis_host_ns(k), self.redis_host_addr(k), 3 + k)
             for k in range(1, self.nodes + 1):
                 self._cable(self.node_ns(k), self.node_addr(k), 10 + k)
         except BaseException:

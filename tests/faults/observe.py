@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from tests.faults.history import History
-from tests.faults.system import NodeProc, NodeSet, RedisProc
+from tests.faults.system import NodeProc, NodeSet, RedisProc, SentinelRedis
 
 HTTP_TIMEOUT = 1.0
 
@@ -127,7 +127,7 @@ class RedisSampler(Sampler):
 
     interval = 0.25
 
-    def __init__(self, hist: History, rds: RedisProc, ns: str) -> None:
+    def __init__(self, hist: History, rds: RedisProc | SentinelRedis, ns: str) -> None:
         super().__init__(hist, "redis-sampler")
         self.rds = rds
         self.ns = ns
@@ -147,7 +147,10 @@ class RedisSampler(Sampler):
             return len(self.tracked)
 
     def step(self) -> None:
-        if self.client is None:
+        observer = getattr(self.rds, "observer_client", None)
+        if observer is not None:  # Sentinel mode: a replica of the current primary, looked up every step
+            self.client = observer()
+        elif self.client is None:
             self.client = self.rds.client()
         c = self.client
         t0 = time.monotonic()

@@ -25,10 +25,10 @@ import redis
 from mn_node.config import api_token
 from tests.faults import checker
 from tests.faults.history import History, read
-from tests.faults.nemesis import FAULTS, Nemesis, schedule
+from tests.faults.nemesis import ALL_FAULTS, FAULTS, Nemesis, schedule
 from tests.faults.netns import Net
 from tests.faults.observe import MetricsSampler, RedisSampler, Workload, http_get
-from tests.faults.system import NodeSet, RedisProc
+from tests.faults.system import NodeSet, RedisProc, SentinelRedis
 
 TTL_S = 2.5  # the daemon's default lease TTL; the nodes run with defaults
 
@@ -48,6 +48,7 @@ class Options:
     faults: tuple[str, ...] = FAULTS  # the nemesis' fault kinds; () = no nemesis (workload only)
     node_module: str = "mn_node.daemon"  # tests only: e.g. tests.faults.broken_node
     node_env: dict[str, str] | None = None  # extra environment for every node
+    redis: str = "single"  # or "sentinel": a primary, two replicas, three Sentinels (nemesis.SENTINEL_RUN_FAULTS)
 
 
 @dataclass
@@ -98,8 +99,10 @@ def run(opts: Options) -> Result:
     hist = History(hist_path)
     salt = random.Random()  # namespace names/subnet must not collide with a concurrent run
     prefix = f"mnf{salt.randrange(16**4):04x}"
-    net = Net(prefix, f"10.88.{salt.randint(1, 254)}", opts.nodes)
-    rds = RedisProc(net, workdir / "redis", appendfsync=opts.appendfsync)
+    sentinel = opts.redis == "sentinel"
+    net = Net(prefix, f"10.88.{salt.randint(1, 254)}", opts.nodes, redis_hosts=3 if sentinel else 1)
+    rds: RedisProc | SentinelRedis = (SentinelRedis(net, workdir / "redis", appendfsync=opts.appendfsync) if sentinel
+                                      else RedisProc(net, workdir / "redis", appendfsync=opts.appendfsync))
     ns = f"mnf{opts.seed}x{salt.randrange(10**6)}"
     nodes = NodeSet(net, rds.url, workdir, ns, capacity=opts.capacity, node_module=opts.node_module,
                     extra_env=dict(opts.node_env or {}))
@@ -110,11 +113,13 @@ def run(opts: Options) -> Result:
     try:
         hist.add("run", seed=opts.seed, minutes=opts.minutes, nodes=opts.nodes, namespace=ns, prefix=prefix,
                  subnet=net.subnet, appendfsync=opts.appendfsync, wall=time.time(), faults=list(opts.faults),
-                 node_module=opts.node_module, node_env=opts.node_env or {})
+                 node_module=opts.node_module, node_env=opts.node_env or {}, redis=opts.redis)
         net.create()
         net.enter_ctl()
         rds.start()
         _wait("redis", rds.pingable, 20)
+        if isinstance(rds, SentinelRedis):
+            _wait("the Sentinels to see the replicas and each other", rds.ready, 60, 0.2)
         for n in nodes.nodes:
             nodes.start(n)
         def apis_up() -> bool:
@@ -220,7 +225,8 @@ def make_summary(opts: Options, rep: checker.Report, faults: dict[str, int], his
                  took: float) -> dict[str, Any]:
     return {
         "seed": opts.seed, "minutes": opts.minutes, "nodes": opts.nodes, "took_s": round(took, 1),
-        "faults": {k: faults.get(k, 0) for k in FAULTS}, "faults_total": sum(faults.values()),
+        "redis": opts.redis, "faults": {k: faults.get(k, 0) for k in ALL_FAULTS if k in opts.faults or faults.get(k)},
+        "faults_total": sum(faults.values()),
         "jobs": dict(rep.jobs), "failed_jobs": rep.failed_jobs[:20],
         "violations": [v.to_dict() for v in rep.violations], "violations_by_check": dict(rep.by_check()),
         "liveness_notes": rep.liveness[:20], "stats": rep.stats,
@@ -230,7 +236,7 @@ def make_summary(opts: Options, rep: checker.Report, faults: dict[str, int], his
 
 def render(summary: dict[str, Any]) -> str:
     lines = [f"fault run: seed {summary['seed']}, {summary['minutes']} min, {summary['nodes']} nodes, "
-             f"took {summary['took_s']} s", "", f"{'fault':<16}{'injected':>9}"]
+             f"redis {summary.get('redis', 'single')}, took {summary['took_s']} s", "", f"{'fault':<16}{'injected':>9}"]
     for k, v in summary["faults"].items():
         lines.append(f"{k:<16}{v:>9}")
     lines.append(f"{'total':<16}{summary['faults_total']:>9}")
@@ -241,7 +247,7 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"  failed {fj['job']}: {fj['error']}")
     lines += ["", f"{'check':<20}{'violations':>11}"]
     checks = ("leader_per_epoch", "stale_leader", "fenced_monotonic", "job_outcome", "rerun",
-              "two_coordinators", "lost_job", "daemon_exit", "final_dump")
+              "two_coordinators", "lost_job", "lost_ack", "daemon_exit", "final_dump")
     for c in checks:
         lines.append(f"{c:<20}{summary['violations_by_check'].get(c, 0):>11}")
     if summary["liveness_notes"]:

@@ -191,3 +191,155 @@ class NodeSet:
             return node.log.read_text(errors="replace")[-chars:]
         except FileNotFoundError:
             return ""
+
+
+# ---- Sentinel mode: a primary, two replicas and three Sentinels, one host namespace each ----------
+SENTINEL_PORT = 26379
+MASTER = "mn-master"
+DOWN_AFTER_MS = 2000
+
+
+@dataclass
+class SentinelRedis:
+    """Same surface as :class:`RedisProc` (url, client, pingable, start, stop, dir) for the runner,
+    plus per-server faults for the nemesis. ``client()`` always talks to the primary Sentinel
+    names now."""
+
+    net: Net
+    dir: Path
+    appendfsync: str = "always"
+    servers: dict[int, subprocess.Popen[bytes] | None] = field(default_factory=dict)
+    sentinels: dict[int, subprocess.Popen[bytes] | None] = field(default_factory=dict)
+
+    @property
+    def hosts(self) -> range:
+        return range(1, self.net.redis_hosts + 1)
+
+    @property
+    def url(self) -> str:
+        sentinels = ",".join(f"{self.net.redis_host_addr(k)}:{SENTINEL_PORT}" for k in self.hosts)
+        return f"redis+sentinel://{sentinels}/{MASTER}/0"
+
+    def _redis(self, addr: str, port: int = REDIS_PORT, timeout: float = 1.0) -> redis.Redis:
+        return redis.Redis(host=addr, port=port, decode_responses=True, socket_timeout=timeout,
+                           socket_connect_timeout=timeout)
+
+    def primary_addr(self) -> str | None:
+        """The primary most Sentinels name now (a cut-off Sentinel may still name the old one)."""
+        votes: list[str] = []
+        for k in self.hosts:
+            try:
+                got = self._redis(self.net.redis_host_addr(k), SENTINEL_PORT, 0.5).sentinel_get_master_addr_by_name(
+                    MASTER)  # type: ignore[no-untyped-call]
+            except (redis.RedisError, OSError):
+                continue
+            if got:
+                votes.append(str(got[0]))
+        return max(set(votes), key=votes.count) if votes else None
+
+    def observer_client(self, timeout: float = 1.0) -> redis.Redis:
+        """A replica of the current primary (else the primary): what it shows has been
+        replicated, so an unacknowledged write on a cut-off primary is never taken as done."""
+        primary = self.primary_addr()
+        for k in self.hosts:
+            addr = self.net.redis_host_addr(k)
+            if addr == primary or not self.server_alive(k):
+                continue
+            c = self._redis(addr, timeout=timeout)
+            try:
+                info = c.info("replication")
+            except (redis.RedisError, OSError):
+                continue
+            if info.get("master_host") == primary and info.get("master_link_status") == "up":
+                return c
+        return self.client(timeout)
+
+    def primary_index(self) -> int:
+        addr = self.primary_addr() or self.net.redis_host_addr(1)
+        return next(k for k in self.hosts if self.net.redis_host_addr(k) == addr)
+
+    def client(self, timeout: float = 1.0) -> redis.Redis:
+        return self._redis(self.primary_addr() or self.net.redis_host_addr(1), timeout=timeout)
+
+    def pingable(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def start(self) -> None:
+        for k in self.hosts:
+            self.start_server(k, None if k == 1 else self.net.redis_host_addr(1))
+        for k in self.hosts:
+            self._start_sentinel(k)
+
+    def start_server(self, k: int, replicaof: str | None) -> None:
+        d = self.dir / f"r{k}"
+        d.mkdir(parents=True, exist_ok=True)
+        addr = self.net.redis_host_addr(k)
+        args = [*self.net.nsenter(self.net.redis_host_ns(k)), server_binary(), "--port", str(REDIS_PORT),
+                "--bind", addr, "--dir", str(d), "--save", "", "--appendonly", "yes",
+                "--appendfsync", self.appendfsync, "--maxmemory-policy", "noeviction",
+                "--logfile", str(d / "redis.log"), "--daemonize", "no", "--protected-mode", "no",
+                "--min-replicas-to-write", "1", "--min-replicas-max-lag", "2", "--repl-ping-replica-period", "1"]
+        if replicaof and replicaof != addr:
+            args += ["--replicaof", replicaof, str(REDIS_PORT)]
+        self.servers[k] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                           start_new_session=True)
+
+    def restart_as_replica(self, k: int) -> None:
+        """Start server k again, following the primary Sentinel names (or alone if that is k)."""
+        self.start_server(k, self.primary_addr())
+
+    def _start_sentinel(self, k: int) -> None:
+        d = self.dir / f"s{k}"
+        d.mkdir(parents=True, exist_ok=True)
+        addr = self.net.redis_host_addr(k)
+        (d / "sentinel.conf").write_text("\n".join([
+            f"port {SENTINEL_PORT}", f"bind {addr}", f"dir {d}", "protected-mode no",
+            f"logfile {d / 'sentinel.log'}", f"sentinel announce-ip {addr}",
+            f"sentinel monitor {MASTER} {self.net.redis_host_addr(1)} {REDIS_PORT} {len(self.hosts) // 2 + 1}",
+            f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}",
+            f"sentinel failover-timeout {MASTER} 4000", f"sentinel parallel-syncs {MASTER} 2"]) + "\n")
+        self.sentinels[k] = subprocess.Popen(
+            [*self.net.nsenter(self.net.redis_host_ns(k)), server_binary(), str(d / "sentinel.conf"), "--sentinel"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def ready(self) -> bool:
+        """Every Sentinel sees the replicas and the other Sentinels (call after start)."""
+        want = len(self.hosts) - 1
+        for k in self.hosts:
+            try:
+                st = self._redis(self.net.redis_host_addr(k), SENTINEL_PORT).sentinel_master(MASTER)  # type: ignore[no-untyped-call]
+            except (redis.RedisError, OSError):
+                return False
+            if int(st.get("num-slaves", 0)) < want or int(st.get("num-other-sentinels", 0)) < want:
+                return False
+        return True
+
+    def server_alive(self, k: int) -> bool:
+        p = self.servers.get(k)
+        return p is not None and p.poll() is None
+
+    def kill_server(self, k: int) -> None:
+        redis_proc.kill9(self.servers.get(k))
+
+    def signal_server(self, k: int, sig: int) -> None:
+        p = self.servers.get(k)
+        if p is not None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, sig)
+
+    def alive(self) -> bool:
+        return any(self.server_alive(k) for k in self.hosts)
+
+    def kill9(self) -> None:
+        self.kill_server(self.primary_index())
+
+    def stop(self) -> None:
+        for p in [*self.sentinels.values(), *self.servers.values()]:
+            redis_proc.terminate(p)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,5 +1,5 @@
 """Every doctor check, grouped by area; importing this package registers them."""
 
-from mn_node.doctor.checks import config, drain, host, local, peers, redis
+from mn_node.doctor.checks import config, drain, host, local, peers, redis, redis_ha
 
-__all__ = ["config", "drain", "host", "local", "peers", "redis"]
+__all__ = ["config", "drain", "host", "local", "peers", "redis", "redis_ha"]
