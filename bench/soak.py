@@ -44,6 +44,9 @@ def memory(r: Any, purge: bool = False) -> dict[str, Any]:
     """INFO memory's main fields; with ``purge`` a second reading after MEMORY PURGE."""
     info = r.info("memory")
     out: dict[str, Any] = {k: info.get(k) for k in MEM_FIELDS}
+    stats = r.memory_stats()  # where used_memory goes beyond the keys: dict tables, AOF and client buffers
+    out["stats"] = {k: v for k, v in stats.items() if k.startswith(("overhead", "aof", "clients", "replication",
+                                                                      "keys.", "dataset.bytes", "db."))}
     if purge:
         try:
             r.execute_command("MEMORY", "PURGE")
