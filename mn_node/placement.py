@@ -28,6 +28,9 @@ from mn_node.link.manager import LinkManager
 from mn_node.membership import Member, Membership
 from mn_node.store import Store
 
+INDEX_TRIM_EVERY_S = 5.0
+INDEX_TRIM_BATCH = 1000
+
 log = logging.getLogger("mn_node.placement")
 
 KICK = "placement.kick"
@@ -56,6 +59,8 @@ class Placement:
         self._free_since: dict[str, float] = {}
         self._wake = asyncio.Event()
         self.sweeps = 0
+        self.index_trimmed = 0  # expired job ids the leader dropped from the job indexes
+        self._next_trim = 0.0
         links.register(KICK, lambda frm, msg: self._wake.set())
         members.up.connect(self._on_change)
         members.down.connect(self._on_change)
@@ -87,6 +92,7 @@ class Placement:
         if not self.store.available:
             return self.tick
         draining = await self.drain.poll()
+        await self._trim_index()
         active: set[str] = await self.store.guard(self.store.r.smembers(self.store.key("jobs", "active")))
         candidates = sorted(j for j in active if j not in self.rt.coordinators)
         for j in list(self._free_since):
@@ -118,6 +124,20 @@ class Placement:
             if first or sweep:
                 await self._take(job_id, sweep, now - since)
         return delay
+
+    async def _trim_index(self) -> None:
+        """Leader only, every INDEX_TRIM_EVERY_S: drop the ids of expired jobs from ``{ns}:jobs``
+        and ``{ns}:jobs:expiry`` (a terminal write trims only when another job ends, so after the
+        last job the ids of those that expired would otherwise stay for good)."""
+        now = time.monotonic()
+        if not self.election.is_leader or now < self._next_trim:
+            return
+        self._next_trim = now + INDEX_TRIM_EVERY_S
+        keys = [self.store.key("jobs"), self.store.key("jobs", "expiry")]
+        while (n := int(await self.store.scripts.trim_job_index(keys, [INDEX_TRIM_BATCH]))) > 0:
+            self.index_trimmed += n
+            if n < INDEX_TRIM_BATCH:
+                break
 
     async def _take(self, job_id: str, sweep: bool, free_for: float) -> None:
         got = await self.leases.acquire(f"job:{job_id}")

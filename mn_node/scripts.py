@@ -450,3 +450,17 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 1
 """
+
+# The leader's sweep of the job indexes, so they do not keep the ids of jobs whose keys expired
+# after the last terminal write (`retain` trims only when another job ends). KEYS: history zset
+# {ns}:jobs, expiry zset {ns}:jobs:expiry; ARGV: max ids per call. Returns how many it dropped.
+TRIM_JOB_INDEX = _NOW_MS + _ARGS + """
+local err = check_numbers(1)
+if err then return err end
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[1]))
+if #gone > 0 then
+  redis.call('ZREM', KEYS[1], unpack(gone))
+  redis.call('ZREM', KEYS[2], unpack(gone))
+end
+return #gone
+"""

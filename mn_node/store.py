@@ -89,6 +89,7 @@ class Scripts:
         self.pause_job = Script(store, "pause_job", scripts.PAUSE_JOB)
         self.prune_job = Script(store, "prune_job", scripts.PRUNE_JOB)
         self.record_attempt = Script(store, "record_attempt", scripts.RECORD_ATTEMPT)
+        self.trim_job_index = Script(store, "trim_job_index", scripts.TRIM_JOB_INDEX)
 
 
 class Store:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mn_node.bundles.store import bundle_key, bundle_refs_key, put_bundle
-from mn_node.errors import FencedWriteRefused
+from mn_node.errors import FencedWriteRefused, RedisUnavailable
 from mn_node.jobs import blueprints
 from mn_node.jobs.state import JobKeys, cancel_job, list_jobs, pause_job, prune_jobs
 from mn_node.jobs.submit import submit_job
@@ -199,3 +199,19 @@ async def test_a_paused_job_refuses_a_dispatch_and_stays_paused(store: Store) ->
     assert await store.scripts.job_write(keys, args) == 1
     assert await store.r.hget(k.job, "status") == "paused"  # a 'running' in the fields does not unpause
     assert await cancel_job(store, job_id, "n1", "t", RETENTION_MS) == (True, "paused")
+
+
+async def test_the_index_trim_drops_only_expired_ids_from_both_indexes(store: Store) -> None:
+    """trim_job_index (the leader's sweep): ids whose expiry passed leave {ns}:jobs and
+    {ns}:jobs:expiry; ids still retained, and history entries of live jobs, stay."""
+    hist, exp = store.key("jobs"), store.key("jobs", "expiry")
+    now_ms = int((await store.r.time())[0]) * 1000
+    await store.r.zadd(hist, {"old1": 1, "old2": 2, "kept": 3, "live": 4})
+    await store.r.zadd(exp, {"old1": now_ms - 5000, "old2": now_ms - 1, "kept": now_ms + 60_000})
+    assert int(await store.scripts.trim_job_index([hist, exp], [1])) == 1  # the batch limit holds
+    assert int(await store.scripts.trim_job_index([hist, exp], [100])) == 1
+    assert await store.r.zrange(hist, 0, -1) == ["kept", "live"]
+    assert await store.r.zrange(exp, 0, -1) == ["kept"]
+    assert int(await store.scripts.trim_job_index([hist, exp], [100])) == 0
+    with pytest.raises(RedisUnavailable, match="must be a number"):
+        await store.scripts.trim_job_index([hist, exp], ["x"])
