@@ -27,6 +27,7 @@ from mn_node.errors import (
     EX_UNAVAILABLE,
     EX_USAGE,
     ConfigError,
+    DataError,
     MirrorNeuronError,
     RedisUnavailable,
 )
@@ -125,6 +126,17 @@ async def read_json(request: web.Request) -> Any:
         raise web.HTTPBadRequest(reason="body is nested too deeply") from None
     except ValueError as e:
         raise web.HTTPBadRequest(reason=f"body is not valid JSON ({str(e)[:80]})") from None
+
+
+def object_body(body: Any, allowed: tuple[str, ...], example: str) -> dict[str, Any]:
+    """``body`` as a JSON object that holds only ``allowed`` fields; anything else is a
+    :class:`DataError` (400) naming the problem and showing ``example``."""
+    if not isinstance(body, dict):
+        raise DataError(f"body: is not a JSON object; fix: send {example}")
+    unknown = sorted(str(k) for k in body if k not in allowed)
+    if unknown:
+        raise DataError(f"body.{unknown[0][:40]}: unknown field; fix: send {example}")
+    return body
 
 
 async def health(request: web.Request) -> web.Response:

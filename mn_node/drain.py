@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from mn_node.api import NODE_KEY, error, json_response, read_json
+from mn_node.api import NODE_KEY, error, json_response, object_body, read_json
 from mn_node.cli_base import Api, add_json_flag
 from mn_node.config import parse_duration
 from mn_node.errors import (
@@ -205,9 +205,8 @@ async def _known(request: web.Request, name: str) -> tuple[list[dict[str, Any]],
 
 async def post_drain(request: web.Request) -> web.Response:
     store: Store = request.app[NODE_KEY].store
-    body = await read_json(request) if request.can_read_body else {}
-    if not isinstance(body, dict):
-        raise DataError("body must be a JSON object {\"deadline\": \"90s\", \"force\": false}")
+    body = object_body(await read_json(request) if request.can_read_body else {}, ("deadline", "force"),
+                       '{"deadline": "90s", "force": false} or {}')
     deadline_s = _deadline_s(body.get("deadline"))
     force = body.get("force", False)
     if not isinstance(force, bool):
@@ -239,6 +238,7 @@ async def post_drain(request: web.Request) -> web.Response:
 
 async def post_undrain(request: web.Request) -> web.Response:
     store: Store = request.app[NODE_KEY].store
+    object_body(await read_json(request) if request.can_read_body else {}, (), "no body, or {}")
     _, name = await _known(request, request.match_info["name"])
     drains = await read_drains(store)
     name = name or (request.match_info["name"] if request.match_info["name"] in drains else None)

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mn_node.api import NODE_KEY, NodeAPI, error, json_response, read_json
+from mn_node.api import NODE_KEY, NodeAPI, error, json_response, object_body, read_json
 from mn_node.config import parse_span_ms
 from mn_node.errors import ConfigError, DataError
 from mn_node.jobs import blueprints
@@ -223,8 +223,7 @@ async def resume(request: web.Request) -> web.Response:
 
 def _prune_args(body: Any) -> tuple[int | None, str | None, bool]:
     """(older than ms, status, dry run) from ``{"older_than": "7d", "status": "failed", "dry_run": true}``."""
-    if not isinstance(body, dict):
-        raise DataError('body: is not a JSON object; fix: send {"older_than": "7d", "status": "failed"} or {}')
+    body = object_body(body, ("older_than", "status", "dry_run"), '{"older_than": "7d", "status": "failed"} or {}')
     older, status, dry = body.get("older_than"), body.get("status"), body.get("dry_run", False)
     if status is not None and status not in TERMINAL:
         raise DataError(f"status: {str(status)[:40]!r} is not a terminal status; fix: one of {', '.join(TERMINAL)}")
