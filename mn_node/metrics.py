@@ -118,6 +118,8 @@ class NodeCollector(Collector):
                      len(jobs.coordinators))
         yield _counter("mn_orphan_sweeps_total", "Jobs this node took over as leader after their lease stayed "
                        "free for a TTL.", self.parts.placement.sweeps)
+        yield _counter("mn_job_index_trimmed_total", "Ids of expired jobs this node dropped from the job indexes "
+                       "as leader.", self.parts.placement.index_trimmed)
 
     def _peers(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("mn_member_up", "1 if the link to that peer is up.", labels=["node"])
