@@ -8,8 +8,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 import mn_node
 import mn_tui
 from mn_node.errors import EX_UNAVAILABLE
@@ -49,6 +47,19 @@ def test_missing_tools_are_named() -> None:
     assert missing_tools("sh", "mn-no-such-tool", "/no/such/path") == ["mn-no-such-tool", "/no/such/path"]
 
 
-@pytest.mark.requires_tool("mn-no-such-tool")
-def test_requires_tool_marker_skips_instead_of_running() -> None:
-    raise AssertionError("requires_tool did not skip a test whose tool is missing")
+def test_requires_tool_marker_skips_instead_of_running(tmp_path: Path) -> None:
+    """A test marked with a missing tool is reported as skipped, naming the tool (run in a child
+    pytest so this test itself passes or fails)."""
+    probe = ROOT / "tests" / f"test_zz_marker_probe_{os.getpid()}.py"
+    probe.write_text(
+        "import pytest\n\n"
+        "@pytest.mark.requires_tool('mn-no-such-tool')\n"
+        "def test_probe() -> None:\n"
+        "    raise AssertionError('ran although its tool is missing')\n"
+    )
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(probe)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+    finally:
+        probe.unlink()
+    assert r.returncode == 0 and "1 skipped" in r.stdout and "needs mn-no-such-tool" in r.stdout, r.stdout
