@@ -171,15 +171,24 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def cancel(request: web.Request) -> web.Response:
+async def _job_to_change(request: web.Request) -> tuple[str, NodeAPI] | web.Response:
+    """The job of a state-changing route and this node, or the answer when the job is unknown
+    (404) or Redis cannot be reached (503)."""
     found = await job_or_404(request)
     if isinstance(found, web.Response):
         return found
-    job_id, _ = found
     node = _node(request)
     unavailable = _need_redis(node)
     if unavailable is not None:
         return unavailable
+    return found[0], node
+
+
+async def cancel(request: web.Request) -> web.Response:
+    target = await _job_to_change(request)
+    if isinstance(target, web.Response):
+        return target
+    job_id, node = target
     cancelled, previous = await cancel_job(node.store, job_id, node.name, f"cancelled via API on {node.name}",
                                            node.job_retention_ms())
     if not cancelled:
@@ -196,14 +205,10 @@ _PAUSE_FIX = {"pause": "only a running job can be paused; `mn resume JOB` resume
 
 
 async def _pause_or_resume(request: web.Request, action: str) -> web.Response:
-    found = await job_or_404(request)
-    if isinstance(found, web.Response):
-        return found
-    job_id, _ = found
-    node = _node(request)
-    unavailable = _need_redis(node)
-    if unavailable is not None:
-        return unavailable
+    target = await _job_to_change(request)
+    if isinstance(target, web.Response):
+        return target
+    job_id, node = target
     changed, previous = await pause_job(node.store, job_id, node.name, action, f"{action}d via API on {node.name}")
     if not changed:
         return error(409, f"job {job_id} is {previous}: cannot {action} it", _PAUSE_FIX[action])
