@@ -82,7 +82,7 @@ async def redis_replication(ctx: Context) -> Result:
     if repl.get("role") != "master":
         return fail(name, f"{r.url} answers as a {repl.get('role')}, not the primary",
                     "point MIRROR_NEURON_REDIS_URL at the primary, or use redis+sentinel://", Kind.CONFIG)
-    replicas = [v for k, v in repl.items() if k.startswith("slave") and k[5:].isdigit() and isinstance(v, dict)]
+    replicas = _replicas(repl)
     info = [f"{v.get('ip')}:{v.get('port')} {v.get('state')} lag {v.get('lag')} s" for v in replicas]
     online = [v for v in replicas if v.get("state") == "online" and int(v.get("lag", 99)) <= LAG_WARN_S]
     need = max(1, ctx.redis_min_acks)
@@ -101,6 +101,11 @@ async def redis_replication(ctx: Context) -> Result:
                     f"{r.cli()} CONFIG SET min-replicas-to-write 1 && {r.cli()} CONFIG REWRITE", info)
     return ok(name, f"{len(online)}/{len(replicas)} replica(s) online and in sync; min-replicas-to-write {mrw}, "
               f"min-replicas-max-lag {lag} s", info)
+
+
+def _replicas(repl: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``slaveN`` entries of ``INFO replication`` (redis-py parses each into a dict)."""
+    return [v for k, v in repl.items() if k.startswith("slave") and k[5:].isdigit() and isinstance(v, dict)]
 
 
 async def _config_int(r: RedisFacts, key: str) -> int | None:
@@ -122,8 +127,7 @@ async def redis_clock(ctx: Context) -> Result:
     import redis.asyncio as aioredis
 
     repl = await r.client.info("replication")
-    addrs = [(str(v.get("ip")), int(v.get("port", 0))) for k, v in repl.items()
-             if k.startswith("slave") and k[5:].isdigit() and isinstance(v, dict)]
+    addrs = [(str(v.get("ip")), int(v.get("port", 0))) for v in _replicas(repl)]
     primary_ms = await _time_ms(r.client)
     info, worst = [], 0.0
     for host, port in addrs:
