@@ -16,6 +16,7 @@ entry whose agent is no longer runnable is dropped when it reaches the top).
 from __future__ import annotations
 
 import heapq
+import sys
 from collections import deque
 from collections.abc import Iterable
 
@@ -23,6 +24,15 @@ from mn_node.jobs.manifest import Manifest
 from mn_node.jobs.state import AgentState
 
 RUNNABLE = ("pending", "failed")  # failed: retried (or the job fails, decided by the coordinator)
+# the extra fields the engine reads back (graph, inline agents, settling, audits); the others
+# (timings, exit code, tries, ...) stay in Redis only: half the memory of a 100k-agent job
+KEPT_EXTRA = frozenset({"skipped", "complete_job", "emits", "next_state", "count", "dispatched_ms"})
+
+
+def slim(st: AgentState) -> AgentState:
+    """The state as the coordinator keeps it: only :data:`KEPT_EXTRA`, node names shared."""
+    extra = {k: v for k, v in st.extra.items() if k in KEPT_EXTRA} if st.extra else st.extra
+    return AgentState(st.status, st.attempt, sys.intern(st.node), st.output, st.error, extra)
 
 
 def topo_order(m: Manifest) -> list[str]:
@@ -58,7 +68,7 @@ class Progress:
     def load(self, known: dict[str, AgentState]) -> None:
         """Start from the states read from Redis; an agent with none is pending."""
         m = self.m
-        self.states = {aid: known.get(aid) or AgentState() for aid in m.agents}
+        self.states = {aid: slim(known[aid]) if aid in known else AgentState() for aid in m.agents}
         for aid in m.agents:
             self._waiting[aid] = sum(1 for u in m.upstream(aid) if self.states[u].status != "completed")
         for aid, st in self.states.items():
@@ -68,6 +78,7 @@ class Progress:
     # ---- changes ------------------------------------------------------------------------------
     def set(self, aid: str, st: AgentState) -> None:
         old = self.states.get(aid)
+        st = slim(st)
         self.states[aid] = st
         self._count(aid, old, st)
         if st.status == "completed" and (old is None or old.status != "completed"):
