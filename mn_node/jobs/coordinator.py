@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
+from collections import ChainMap
 from typing import TYPE_CHECKING, Any
 
 from mn_node.aio import wait_event
@@ -19,12 +21,12 @@ from mn_node.errors import (
     FencedWriteRefused,
     LeaseLost,
     LinkError,
-    MirrorNeuronError,
     RedisUnavailable,
 )
 from mn_node.jobs.graph import body_of, inbox, json_field, legacy_inputs
 from mn_node.jobs.inline import MISSING, run_inline, skipped
-from mn_node.jobs.manifest import Agent, Manifest, validate
+from mn_node.jobs.manifest import Agent, Manifest, from_normalized
+from mn_node.jobs.progress import Progress
 from mn_node.jobs.state import TERMINAL, AgentState, JobKeys, agent_states, get_job
 from mn_node.leases import Lease
 from mn_node.store import EVENTS_MAXLEN
@@ -34,8 +36,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mn_node.jobs")
 
-FULL_REFRESH_S = 2.0
-PREFETCH = 2
+FULL_REFRESH_S = 2.0  # re-read the dispatched agents' states (lost notifications, dead nodes)
+PREFETCH = 2  # runs per executor slot sent ahead at least (more for short runs: see _window)
+MAX_WINDOW = 64  # runs per slot sent ahead at most
+WINDOW_TARGET_S = 0.1  # send ahead what a slot runs in about this long, so it never idles
+FRESH_CHUNK = 10_000  # pending agent states written per fenced write when a job starts
+READ_CHUNK = 5_000  # agent states read per HMGET
 AUDIT_AFTER_MS = 2000  # a dispatch this old must be known to its node, or it is replayed
 NO_COMMAND_NODE_GRACE_S = 5.0  # registrations are read before "no node allows commands" fails a job
 NO_COMMAND_NODE = ("no node allows commands (MIRROR_NEURON_COMMANDS=off on every node); fix: set "
@@ -48,15 +54,12 @@ class Coordinator:
         self.job_id = job_id
         self.lease = lease
         self.keys = JobKeys(rt.store, job_id)
-        self.states: dict[str, AgentState] = {}
         self.manifest: Manifest | None = None
-        self.order: list[str] = []
-        self._rank: dict[str, int] = {}
-        self._open: set[str] = set()
+        self.progress: Progress | None = None
         self._wake = asyncio.Event()
         self._notified: set[str] = set()
-        self._inflight: dict[str, int] = {}  # node -> executor slots we dispatched there, not yet done
         self._changed: set[str] = set()  # agents whose state changed since the last step looked
+        self._run_s: float | None = None  # moving average of an executor run's duration
         self._started = time.monotonic()
         self._rr = 0
         self.finished = False
@@ -83,6 +86,16 @@ class Coordinator:
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def states(self) -> dict[str, AgentState]:
+        assert self.progress is not None
+        return self.progress.states
+
+    @property
+    def _p(self) -> Progress:
+        assert self.progress is not None
+        return self.progress
+
     # ---- fenced writes --------------------------------------------------------------------
     async def write(self, job: dict[str, Any] | None = None, agents: dict[str, AgentState] | None = None,
                     events: list[tuple[str, dict[str, Any]]] | None = None, terminal: bool = False) -> bool:
@@ -104,7 +117,7 @@ class Coordinator:
             self.paused = True
             return False
         for aid, st in (agents or {}).items():
-            self.states[aid] = st
+            self._p.set(aid, st)
         return True
 
     # ---- main -----------------------------------------------------------------------------
@@ -130,36 +143,51 @@ class Coordinator:
             return
         self.bundle = h.get("bundle") or None
         self.paused = h.get("status") == "paused"
-        try:
-            self.manifest = validate(json.loads(h["spec"]))
-        except (MirrorNeuronError, ValueError, KeyError) as e:
-            await self.write(job={"status": "failed", "error": f"stored manifest invalid: {e}"},
-                             events=[("job_failed", {"reason": str(e)})], terminal=True)
+        try:  # validated at submit: only rebuilt here (a 100k-agent manifest validates in seconds)
+            self.manifest = from_normalized(json.loads(h["spec"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            await self.write(job={"status": "failed", "error": f"stored manifest invalid: {e!r}"},
+                             events=[("job_failed", {"reason": f"stored manifest invalid: {e!r}"})], terminal=True)
             return
-        self.order = _topo(self.manifest)
-        self._rank = {aid: i for i, aid in enumerate(self.order)}
-        self.states = await agent_states(self.rt.store, self.job_id)
-        self._changed = set(self.states)
-        recovering = h.get("status") in ("running", "paused")
-        fresh = {aid: AgentState() for aid in self.manifest.agents if aid not in self.states}
-        self._open = {aid for aid in self.manifest.agents if self.states.get(aid, AgentState()).status != "completed"}
-        if recovering:
-            done = sum(st.status == "completed" for st in self.states.values())
-            inflight = [aid for aid, st in self.states.items() if st.status == "dispatched"]
-            await self.write(job={"status": "running"}, agents=fresh, events=[("job_recovery_started", {
-                "previous_owner": h.get("owner"), "previous_epoch": int(h.get("epoch", "0") or 0),
-                "completed_agents": done, "inflight_agents": len(inflight), "paused": self.paused})])
-            log.info("recovering job %s at epoch %d: %d agents completed, %d in flight",
-                     self.job_id, self.lease.epoch, done, len(inflight))
-            replayed = await self._recover_inflight(inflight)
-            await self.write(events=[("job_recovered", {
-                "completed_agents_kept": done, "replayed": sorted(replayed),
-                "adopted": sorted(set(inflight) - replayed)})])
+        self.progress = Progress(self.manifest)
+        known = await agent_states(self.rt.store, self.job_id)
+        self._p.load(known)
+        self._changed = set(known)
+        if h.get("status") in ("running", "paused"):
+            await self._recover(h, known)
         else:
-            await self.write(job={"status": "running", "started_ms": int(time.time() * 1000)}, agents=fresh,
-                             events=[("job_scheduled", {"owner": self.rt.node}), ("job_running", {})])
+            await self._write_fresh(known, job={"status": "running", "started_ms": int(time.time() * 1000)},
+                                    events=[("job_scheduled", {"owner": self.rt.node}), ("job_running", {})])
             log.info("coordinating job %s (epoch %d, %d agents)", self.job_id, self.lease.epoch,
                      len(self.manifest.agents))
+        await self._loop()
+
+    async def _write_fresh(self, known: dict[str, AgentState], job: dict[str, Any],
+                           events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record the agents without a state as pending (in chunks: one script call never holds
+        Redis for long), the last chunk together with the job's fields and events."""
+        m = self.manifest
+        assert m is not None
+        fresh = [aid for aid in m.agents if aid not in known]
+        chunks = [fresh[i:i + FRESH_CHUNK] for i in range(0, len(fresh), FRESH_CHUNK)] or [[]]
+        for chunk in chunks[:-1]:
+            await self.write(agents={aid: AgentState() for aid in chunk})
+        await self.write(job=job, agents={aid: AgentState() for aid in chunks[-1]}, events=events)
+
+    async def _recover(self, h: dict[str, str], known: dict[str, AgentState]) -> None:
+        done = self._p.completed
+        inflight = sorted(self._p.dispatched, key=self._p.rank.__getitem__)
+        await self._write_fresh(known, job={"status": "running"}, events=[("job_recovery_started", {
+            "previous_owner": h.get("owner"), "previous_epoch": int(h.get("epoch", "0") or 0),
+            "completed_agents": done, "inflight_agents": len(inflight), "paused": self.paused})])
+        log.info("recovering job %s at epoch %d: %d agents completed, %d in flight",
+                 self.job_id, self.lease.epoch, done, len(inflight))
+        replayed = await self._recover_inflight(inflight)
+        await self.write(events=[("job_recovered", {
+            "completed_agents_kept": done, "replayed": sorted(replayed),
+            "adopted": sorted(set(inflight) - replayed)})])
+
+    async def _loop(self) -> None:
         last_full = time.monotonic()
         while True:
             self._wake.clear()  # before the work: a notification during it must not be lost
@@ -201,9 +229,9 @@ class Coordinator:
         by_node: dict[str, list[str]] = {}
         for aid in inflight:
             by_node.setdefault(self.states[aid].node, []).append(aid)
+        await self.rt.capacities()
         for node, aids in by_node.items():
             running: set[str] = set()
-            await self.rt.capacities()
             if self.rt.healthy(node):
                 query = [[aid, self.states[aid].attempt] for aid in aids]
                 try:
@@ -211,30 +239,29 @@ class Coordinator:
                     running = {aid for aid, ok in zip(aids, res, strict=False) if ok}
                 except (LinkError, RedisUnavailable):
                     running = set()
-            for aid in aids:
-                if aid in running:
-                    self._inflight[node] = self._inflight.get(node, 0) + self._slots(aid)
-                else:
-                    replay.add(aid)
+            replay.update(aid for aid in aids if aid not in running)
         replay = await self._still_dispatched(replay)
         if replay:
-            await self._dispatch(sorted(replay), recovery=True)
+            await self._dispatch(sorted(replay, key=self._p.rank.__getitem__), recovery=True)
         return replay
+
+    async def _read_states(self, aids: list[str]) -> list[AgentState | None]:
+        """The states of ``aids`` in Redis (HMGET in chunks), None where there is none."""
+        out: list[AgentState | None] = []
+        for i in range(0, len(aids), READ_CHUNK):
+            raw = await self.rt.store.guard(self.rt.store.r.hmget(self.keys.agents, aids[i:i + READ_CHUNK]))
+            out += [AgentState.decode(r) if r else None for r in raw]
+        return out
 
     async def _still_dispatched(self, aids: set[str]) -> set[str]:
         """Of ``aids`` (unknown to their node), those still dispatched at the same attempt in
         Redis: a run that ended between our read of the states and the node's answer stored its
         result first (a handover during a drain), so it is absorbed, not replayed."""
-        if not aids:
-            return aids
         ids = sorted(aids)
-        raw = await self.rt.store.guard(self.rt.store.r.hmget(self.keys.agents, ids))
         out: set[str] = set()
-        for aid, r in zip(ids, raw, strict=True):
-            st = AgentState.decode(r) if r else None
+        for aid, st in zip(ids, await self._read_states(ids), strict=True):
             if st is not None and not (st.status == "dispatched" and st.attempt == self.states[aid].attempt):
-                self.states[aid] = st
-                self._changed.add(aid)
+                self._absorb(aid, st)
             else:
                 out.add(aid)
         return out
@@ -249,18 +276,9 @@ class Coordinator:
                 return True
             done_now: dict[str, AgentState] = {}
             events: list[tuple[str, dict[str, Any]]] = []
-            to_dispatch: list[str] = []
-            for aid in sorted(self._ready(), key=self._rank.__getitem__):
+            for aid in self._p.pop_inline():
                 agent = m.agents[aid]
-                if agent.type == "executor":
-                    if agent.is_command and self.states[aid].status == "pending" \
-                            and not inbox(m, aid, self.states):
-                        done_now[aid] = skipped(self.rt.node)
-                        events.append(("agent_skipped", {"agent": aid, "reason": "received no message"}))
-                    else:
-                        to_dispatch.append(aid)
-                    continue
-                out = run_inline(m, aid, {**self.states, **done_now}, self.rt.node)
+                out = run_inline(m, aid, ChainMap(done_now, self.states), self.rt.node)
                 done_now[aid] = out.state
                 if out.fail:
                     await self._finish("failed", agents=done_now, error=out.fail, agent=aid)
@@ -270,11 +288,9 @@ class Coordinator:
                 if out.complete is not MISSING:
                     await self._finish("completed", agents=done_now, result=out.complete, events=events, agent=aid)
                     return True
-            if done_now:
-                await self.write(agents=done_now, events=events)
-            if to_dispatch and await self._dispatch(to_dispatch):
+            if await self._dispatch_ready(done_now, events):
                 return True
-            if all(self.states[t].status == "completed" for t in m.terminals):
+            if self._p.done:
                 outs = {t: self.states[t].output for t in m.terminals}
                 result = next(iter(outs.values())) if len(outs) == 1 else outs
                 await self._finish("completed", result=result)
@@ -289,7 +305,7 @@ class Coordinator:
         m = self.manifest
         assert m is not None
         changed, self._changed = self._changed, set()
-        for aid in sorted((a for a in changed if a in m.agents), key=self._rank.__getitem__):
+        for aid in sorted((a for a in changed if a in m.agents), key=self._p.rank.__getitem__):
             st, agent = self.states[aid], m.agents[aid]
             if agent.type != "executor":
                 continue
@@ -320,28 +336,6 @@ class Coordinator:
             log.warning("job %s failed: %s", self.job_id, error)
         self._end_runs()
 
-    def _ready(self) -> list[str]:
-        """Agents not yet dispatched or completed whose upstream agents have all completed."""
-        m = self.manifest
-        assert m is not None
-        out = []
-        for aid in list(self._open):
-            st = self.states[aid]
-            if st.status in ("completed", "dispatched"):
-                if st.status == "completed":
-                    self._open.discard(aid)
-                continue
-            if all(self.states[u].status == "completed" for u in m.upstream(aid)):
-                out.append(aid)
-        return out
-
-    def _slots(self, aid: str) -> int:
-        m = self.manifest
-        return m.agents[aid].slots if m is not None and aid in m.agents else 1
-
-    def _release(self, node: str, aid: str) -> None:
-        self._inflight[node] = max(0, self._inflight.get(node, 0) - self._slots(aid))
-
     def _request(self, aid: str, st: AgentState) -> dict[str, Any]:
         """What the executing node is sent for one run of ``aid``."""
         m = self.manifest
@@ -358,40 +352,87 @@ class Coordinator:
             req.update(inputs=legacy_inputs(m, aid, self.states), timeout=m.policies["task_timeout_s"])
         return req
 
+    # ---- dispatch ---------------------------------------------------------------------------
+    async def _dispatch_ready(self, done_now: dict[str, AgentState],
+                              events: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Write ``done_now`` and dispatch ready executors, lowest rank first, while a node has
+        room. A command agent whose inbox is empty is skipped instead. True: the job failed (no
+        node may run its commands)."""
+        m = self.manifest
+        assert m is not None
+        caps = await self.rt.capacities()
+        plan: dict[str, AgentState] = {}
+        planned: dict[str, int] = {}  # node -> slots of the runs planned there
+        plan_events: list[tuple[str, dict[str, Any]]] = []
+        deferred: list[str] = []  # command agents no live node may run now
+        while (aid := self._p.next_executor()) is not None:
+            agent = m.agents[aid]
+            if agent.is_command and self.states[aid].status == "pending" \
+                    and not inbox(m, aid, ChainMap(done_now, self.states)):
+                self._p.take()
+                done_now[aid] = skipped(self.rt.node)
+                events.append(("agent_skipped", {"agent": aid, "reason": "received no message"}))
+                continue
+            node = self._pick_node(caps, agent, planned)
+            if node is None:
+                if agent.is_command and not any(self.rt.allows_commands(n) for n in caps):
+                    self._p.take()
+                    deferred.append(aid)
+                    continue
+                break  # everyone is busy; the rest waits for a completion
+            self._p.take()
+            self._plan(aid, node, plan, planned, plan_events, recovery=False)
+        self._p.requeue(deferred)
+        if done_now:
+            await self.write(agents=done_now, events=events)
+        if deferred and not plan and time.monotonic() - self._started >= NO_COMMAND_NODE_GRACE_S:
+            await self._finish("failed", error=NO_COMMAND_NODE)
+            return True
+        await self._record_and_send(plan, plan_events)
+        return False
+
     async def _dispatch(self, aids: list[str], recovery: bool = False) -> bool:
-        """Record and send runs of ``aids`` (those that fit now); True when the job failed
-        because no live node may run its command agents (after a grace period)."""
+        """Record and send new runs of ``aids`` (replays: their runs were lost), those that fit
+        now; the others stay dispatched in Redis and are found lost again at the next refresh.
+        True when the job failed because no live node may run its command agents."""
         m = self.manifest
         assert m is not None
         plan: dict[str, AgentState] = {}
+        planned: dict[str, int] = {}
         events: list[tuple[str, dict[str, Any]]] = []
         caps = await self.rt.capacities()
         unplaceable = False
         for aid in aids:
-            node = self._pick_node(caps, m.agents[aid])
+            node = self._pick_node(caps, m.agents[aid], planned)
             if node is None:
                 if m.agents[aid].is_command and not any(self.rt.allows_commands(n) for n in caps):
                     unplaceable = True
                     continue
                 break  # everyone is busy; the rest waits for a completion
-            old = self.states[aid]
-            st = AgentState("dispatched", old.attempt + 1, node, None, "",
-                            {"dispatched_ms": int(time.time() * 1000)})
-            plan[aid] = st
-            self._inflight[node] = self._inflight.get(node, 0) + m.agents[aid].slots
-            kind = "agent_recovery_started" if (recovery or old.attempt > 0) else "agent_dispatched"
-            events.append((kind, {"agent": aid, "attempt": st.attempt, "node": node,
-                                  **({"previous_node": old.node} if old.node else {})}))
+            self._plan(aid, node, plan, planned, events, recovery)
         if unplaceable and not plan and time.monotonic() - self._started >= NO_COMMAND_NODE_GRACE_S:
             await self._finish("failed", error=NO_COMMAND_NODE)
             return True
-        if plan:
-            if not await self.write(agents=plan, events=events):  # paused meanwhile: nothing recorded
-                for aid, st in plan.items():
-                    self._release(st.node, aid)
-                return False
-            await self._send(plan)
+        await self._record_and_send(plan, events)
         return False
+
+    def _plan(self, aid: str, node: str, plan: dict[str, AgentState], planned: dict[str, int],
+              events: list[tuple[str, dict[str, Any]]], recovery: bool) -> None:
+        old = self.states[aid]
+        planned[node] = planned.get(node, 0) + self._slots(aid)
+        st = AgentState("dispatched", old.attempt + 1, node, None, "", {"dispatched_ms": int(time.time() * 1000)})
+        plan[aid] = st
+        kind = "agent_recovery_started" if (recovery or old.attempt > 0) else "agent_dispatched"
+        events.append((kind, {"agent": aid, "attempt": st.attempt, "node": node,
+                              **({"previous_node": old.node} if old.node else {})}))
+
+    async def _record_and_send(self, plan: dict[str, AgentState], events: list[tuple[str, dict[str, Any]]]) -> None:
+        if not plan:
+            return
+        if not await self.write(agents=plan, events=events):  # paused meanwhile: nothing recorded
+            self._p.requeue(plan)
+            return
+        await self._send(plan)
 
     async def _send(self, plan: dict[str, AgentState]) -> None:
         by_node: dict[str, list[dict[str, Any]]] = {}
@@ -405,24 +446,30 @@ class Coordinator:
             if isinstance(res, BaseException):
                 log.warning("dispatch of %d executors of %s to %s failed: %s", len(reqs), self.job_id, node, res)
                 back = {r["agent"]: AgentState("pending", r["attempt"], node) for r in reqs}
-                for r in reqs:
-                    self._release(node, r["agent"])
                 await self.write(agents=back, events=[("agent_dispatch_failed", {"node": node, "agents": len(reqs),
                                                                                  "reason": str(res)[:200]})])
 
-    def _pick_node(self, caps: dict[str, int], agent: Agent) -> str | None:
+    def _window(self) -> int:
+        """Runs sent ahead per executor slot: PREFETCH for long runs, up to MAX_WINDOW for runs
+        so short that a completion's trip back to us would otherwise leave the slot idle."""
+        if self._run_s is None:
+            return PREFETCH
+        return max(PREFETCH, min(MAX_WINDOW, math.ceil(WINDOW_TARGET_S / max(self._run_s, 1e-4))))
+
+    def _pick_node(self, caps: dict[str, int], agent: Agent, planned: dict[str, int]) -> str | None:
         """The node with the most free slots (round robin among equals) among those that may run
         the agent (command agents: only nodes with MIRROR_NEURON_COMMANDS on; never a draining
-        node). Each node gets up
-        to PREFETCH x its capacity, so its pool never idles while a completion travels back to us."""
+        node). Each node gets up to :meth:`_window` x its capacity (``planned`` runs included),
+        so its pool never idles while a completion travels back to us."""
         best: list[str] = []
         best_free = 0
+        window = self._window()
         for node, cap in sorted(caps.items()):
             if node in self.rt.draining:
                 continue  # takes no new executors
             if agent.is_command and not self.rt.allows_commands(node):
                 continue
-            free = cap * PREFETCH - self._inflight.get(node, 0)
+            free = cap * window - self._p.inflight.get(node, 0) - planned.get(node, 0)
             if free > best_free:
                 best, best_free = [node], free
             elif free == best_free and free > 0:
@@ -432,12 +479,19 @@ class Coordinator:
         self._rr += 1
         return best[self._rr % len(best)]
 
+    def _slots(self, aid: str) -> int:
+        m = self.manifest
+        return m.agents[aid].slots if m is not None and aid in m.agents else 1
+
     # ---- refresh from Redis ---------------------------------------------------------------------
     def _absorb(self, aid: str, st: AgentState) -> None:
-        old = self.states.get(aid)
-        if old is not None and old.status == "dispatched" and st.status != "dispatched":
-            self._release(old.node, aid)
-        self.states[aid] = st
+        """A state read from Redis (an executor's result, or a replay's outcome)."""
+        if st.status == "completed" and st.attempt and not st.extra.get("skipped"):
+            d = st.extra.get("duration_ms")
+            if isinstance(d, (int, float)) and not isinstance(d, bool) and d >= 0:
+                s = float(d) / 1000
+                self._run_s = s if self._run_s is None else 0.8 * self._run_s + 0.2 * s
+        self._p.set(aid, st)
         self._changed.add(aid)
 
     async def _refresh_notified(self) -> None:
@@ -445,31 +499,32 @@ class Coordinator:
             return
         ids = sorted(self._notified)
         self._notified.clear()
-        raw = await self.rt.store.guard(self.rt.store.r.hmget(self.keys.agents, ids))
-        for aid, r in zip(ids, raw, strict=True):
-            if r:
-                self._absorb(aid, AgentState.decode(r))
+        for aid, st in zip(ids, await self._read_states(ids), strict=True):
+            if st is not None and aid in self.states:
+                self._absorb(aid, st)
 
     async def _refresh_full(self) -> bool:
-        """Re-read everything (catches lost notifications, cancellation, dead executors)."""
+        """Re-read the job's status and the dispatched agents' states (catches lost notifications,
+        cancellation, dead executors). Only dispatched agents can change behind our back (their
+        node stores the result), so the cost is bounded by what is in flight, not the job's size."""
         status = await self.rt.store.guard(self.rt.store.r.hget(self.keys.job, "status"))
         if status == "cancelled":
             await self._stop_cancelled()
             return True
         self.paused = status == "paused"
-        fresh = await agent_states(self.rt.store, self.job_id)
-        for aid, st in fresh.items():
-            self._absorb(aid, st)
+        ids = sorted(self._p.dispatched)
+        for aid, st in zip(ids, await self._read_states(ids), strict=True):
+            old = self.states[aid]
+            if st is not None and (st.status, st.attempt) != (old.status, old.attempt):
+                self._absorb(aid, st)
         if self.paused:
             return False  # lost runs are replayed after the resume
         await self.rt.capacities()
-        lost = [aid for aid, st in self.states.items()
-                if st.status == "dispatched" and not self.rt.healthy(st.node)]
+        lost = sorted((aid for aid in self._p.dispatched if not self.rt.healthy(self.states[aid].node)),
+                      key=self._p.rank.__getitem__)
         if lost:
             log.info("job %s: %d executors were on nodes now down or cut off from Redis; replaying them",
                      self.job_id, len(lost))
-            for aid in lost:
-                self._release(self.states[aid].node, aid)
             if await self._dispatch(lost, recovery=True):
                 return True
         return await self._audit_inflight()
@@ -480,9 +535,9 @@ class Coordinator:
         forgets a run only after storing its result, so the state is re-read before replaying."""
         now = int(time.time() * 1000)
         by_node: dict[str, list[str]] = {}
-        for aid, st in self.states.items():
-            if st.status == "dispatched" and self.rt.healthy(st.node) \
-                    and now - int(st.extra.get("dispatched_ms", 0) or 0) >= AUDIT_AFTER_MS:
+        for aid in self._p.dispatched:
+            st = self.states[aid]
+            if self.rt.healthy(st.node) and now - int(st.extra.get("dispatched_ms", 0) or 0) >= AUDIT_AFTER_MS:
                 by_node.setdefault(st.node, []).append(aid)
         forgotten: list[str] = []
         for node, aids in by_node.items():
@@ -493,21 +548,18 @@ class Coordinator:
             forgotten += [a for a, ok in zip(aids, known, strict=False) if not ok]
         if not forgotten:
             return False
-        raw = await self.rt.store.guard(self.rt.store.r.hmget(self.keys.agents, forgotten))
         replay: list[str] = []
-        for aid, r in zip(forgotten, raw, strict=True):
-            if not r:
+        for aid, now_st in zip(forgotten, await self._read_states(forgotten), strict=True):
+            if now_st is None:
                 continue
-            st = AgentState.decode(r)
-            if st.status == "dispatched" and st.attempt == self.states[aid].attempt:
+            if now_st.status == "dispatched" and now_st.attempt == self.states[aid].attempt:
                 replay.append(aid)
-                self._release(st.node, aid)
             else:
-                self._absorb(aid, st)
+                self._absorb(aid, now_st)
         if replay:
             log.info("job %s: %d executors unknown to their (restarted?) nodes; replaying them",
                      self.job_id, len(replay))
-            return await self._dispatch(replay, recovery=True)
+            return await self._dispatch(sorted(replay, key=self._p.rank.__getitem__), recovery=True)
         return False
 
     async def _stop_cancelled(self) -> None:
@@ -517,26 +569,11 @@ class Coordinator:
     def _end_runs(self) -> set[str]:
         """The job ended: every node that has or had an executor of it stops what still runs
         (killing command groups) and drops the job's scratch directories."""
-        nodes = {st.node for st in self.states.values()
-                 if st.node and st.status in ("dispatched", "completed", "failed")}
+        nodes = set(self._p.nodes_used) if self.progress is not None else set()
         nodes.add(self.rt.node)
         for node in nodes:
             self.rt.exec_cancel(node, self.job_id)
         return nodes
-
-
-def _topo(m: Manifest) -> list[str]:
-    indeg = {a: len(m.upstream(a)) for a in m.agents}
-    order: list[str] = []
-    ready = [a for a in m.agents if indeg[a] == 0]
-    while ready:
-        a = ready.pop(0)
-        order.append(a)
-        for b in m.downstream(a):
-            indeg[b] -= 1
-            if indeg[b] == 0:
-                ready.append(b)
-    return order
 
 
 def _brief(result: Any) -> Any:

@@ -22,6 +22,7 @@ The **body** an agent works on: with one message, that message's body; with seve
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +92,7 @@ def messages_between(m: Manifest, src: str, dst: str, st: AgentState) -> list[Me
     return out
 
 
-def inbox(m: Manifest, aid: str, states: dict[str, AgentState]) -> list[Message]:
+def inbox(m: Manifest, aid: str, states: Mapping[str, AgentState]) -> list[Message]:
     msgs = [Message("runtime", INITIAL_TYPE, body) for body in m.initial_inputs.get(aid, [])]
     for up in m.upstream(aid):
         msgs += messages_between(m, up, aid, states[up])
@@ -104,7 +105,7 @@ def body_of(msgs: list[Message]) -> Any:
     return {"messages": [msg.body for msg in msgs]}
 
 
-def legacy_inputs(m: Manifest, aid: str, states: dict[str, AgentState]) -> dict[str, Any]:
+def legacy_inputs(m: Manifest, aid: str, states: Mapping[str, AgentState]) -> dict[str, Any]:
     """``{upstream id: output}``: what entry-point tasks and ``reduce`` aggregators see."""
     return {u: states[u].output for u in m.upstream(aid)}
 

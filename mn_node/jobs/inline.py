@@ -4,6 +4,7 @@ agent receives) and :mod:`mn_node.bundles.agents` (the original's aggregator).""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ def skipped(node: str) -> AgentState:
     return AgentState("completed", 1, node, None, "", {"skipped": True})
 
 
-def run_inline(m: Manifest, aid: str, states: dict[str, AgentState], node: str) -> Inline:
+def run_inline(m: Manifest, aid: str, states: Mapping[str, AgentState], node: str) -> Inline:
     agent = m.agents[aid]
     if agent.type == "aggregator" and "reduce" in agent.config:
         nodes_of = {a: st.node for a, st in states.items()}

@@ -14,7 +14,7 @@ from mn_node.scripts import TERMINAL as TERMINAL  # job statuses never left (def
 from mn_node.store import EVENTS_MAXLEN, Store, decode_event
 
 
-@dataclass
+@dataclass(slots=True)
 class AgentState:
     """One agent of a job (``{ns}:job:<id>:agents``). ``extra`` holds the other fields: for an
     executor run ``dispatched_ms``, ``started_ms``, ``finished_ms``, ``duration_ms``,
