@@ -197,7 +197,7 @@ def server_ssl_context(tls: ApiTls) -> ssl.SSLContext | None:
 
 def build_app(node: NodeAPI, extra: Callable[[web.Application], None] | None = None) -> web.Application:
     # bodies past 8 MiB are refused, except a bundle upload, which reads its stream with its own cap
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=64 * 1024 * 1024)
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=8 * 1024 * 1024)
     app[NODE_KEY] = node
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/system/summary", summary)

@@ -69,7 +69,7 @@ IGNORED_TOP_KEYS = ("metadata", "reload")
 HOST_LOCAL = "MirrorNeuron.Runner.HostLocal"
 # ids end up in job ids, Redis keys and file names
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-MAX_AGENTS = 250_000
+MAX_AGENTS = 10_000
 MAX_RESTARTS = 100
 MAX_TASK_TIMEOUT_S = 86_400
 

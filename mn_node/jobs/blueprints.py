@@ -36,7 +36,7 @@ def prime_sweep_scale(params: dict[str, Any]) -> dict[str, Any]:
     chunk = _int_param(params, "chunk_size", 100, 1, 10**9)
     end = _int_param(params, "end", None, 0, 10**15)
     assert start is not None and chunk is not None
-    workers = _int_param(params, "workers", None, 1, 250_000)
+    workers = _int_param(params, "workers", None, 1, 5000)
     if end is not None and end < start:
         raise DataError(f"params.end: {end} is below start {start}; fix: pass --end >= --start")
     if workers is None:
