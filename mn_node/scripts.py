@@ -296,80 +296,136 @@ return 1
 
 
 
-def _current_attempt(*statuses: str) -> str:
-    """Shared head of the executor-side scripts: go on only while the job's status is one of
-    ``statuses`` and ARGV[2] is the agent's current dispatched attempt (KEYS[1] job hash,
-    KEYS[2] agents hash, ARGV[1] agent id); leaves the decoded agent state in `st`."""
-    allowed = " or ".join(f"status == {s!r}" for s in statuses)
-    return f"""
-local status = redis.call('HGET', KEYS[1], 'status')
-if not ({allowed}) then
-  return {{0, 'job is ' .. tostring(status)}}
-end""" + _ATTEMPT_IS_CURRENT
-
-
-_ATTEMPT_IS_CURRENT = """
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
-if not raw then return {0, 'unknown agent'} end
-local st = cjson.decode(raw)
-if st['status'] ~= 'dispatched' or tonumber(st['attempt']) ~= tonumber(ARGV[2]) then
-  return {0, 'attempt ' .. ARGV[2] .. ' is not current (agent is ' .. tostring(st['status']) ..
-    ' attempt ' .. tostring(st['attempt']) .. ')'}
+# ---- the executing node's batched writes -------------------------------------------------------
+# Both scripts take many agents of one job in one call; each item is checked on its own (one
+# agent's refusal does not refuse the others), and every argument of every item is checked
+# before the first write, so a malformed call writes nothing. An item goes on only while the job
+# is in one of the allowed statuses and the item's attempt is the agent's current dispatched one.
+_CURRENT_ATTEMPT = """
+local function attempt_refusal(job_status, allowed, agents_key, agent, attempt)
+  if not allowed[job_status or ''] then return 'job is ' .. tostring(job_status) end
+  local raw = redis.call('HGET', agents_key, agent)
+  if not raw then return 'unknown agent' end
+  local ok, st = pcall(cjson.decode, raw)
+  if not ok or type(st) ~= 'table' then return 'unreadable agent state' end
+  if st['status'] ~= 'dispatched' or tonumber(st['attempt']) ~= tonumber(attempt) then
+    return 'attempt ' .. attempt .. ' is not current (agent is ' .. tostring(st['status']) ..
+      ' attempt ' .. tostring(st['attempt']) .. ')'
+  end
+  return nil, st
 end
 """
 
-# An executor's result, written by the node that ran it before anyone is told, and only if
-# its attempt is still the current one and the job is still running or paused (a pause stops
-# new starts; the runs already going finish and their results count).
-# KEYS: job hash, agents hash, runs hash[, job events stream]
-# ARGV: agent id, attempt, node, output json, 'completed' | 'failed', error text
-#       [, extra state fields json (object, merged into the agent state: exit_code, started_ms,
-#          duration_ms, complete_job, emits, next_state, ...), events json (list of [type, data json])
-#          appended to the job's events stream with the node, events maxlen]
-STORE_RESULT = _NOW_MS + _current_attempt("running", "paused") + """
-local extra, events = {}, {}
-if ARGV[7] then
-  local ok, e, ev = pcall(function() return cjson.decode(ARGV[7]), cjson.decode(ARGV[8] or '[]') end)
-  if not ok or type(e) ~= 'table' or type(ev) ~= 'table' or (#ev > 0 and (not KEYS[4] or not tonumber(ARGV[9]))) then
-    return redis.error_reply('store_result: extra must be a JSON object, events a JSON list with a stream and maxlen')
+# Count the starts of many runs of one job: each start is counted in the runs hash only while its
+# attempt is the dispatched one of a running job; a request that arrives late (it sat in a paused
+# node's socket buffer while the coordinator replayed the agent elsewhere) is refused instead of
+# re-running a completed executor.
+# KEYS: job hash, agents hash, runs hash ; ARGV: agent1, attempt1, agent2, attempt2, ...
+# Returns one entry per item: the agent's start count (a number) once counted, or the refusal (a string).
+CLAIM_STARTS = _ARGS + _CURRENT_ATTEMPT + """
+local err = check_pairs(1)
+if err then return err end
+for i = 2, #ARGV, 2 do
+  err = check_numbers(i)
+  if err then return err end
+end
+local status = redis.call('HGET', KEYS[1], 'status')
+local out = {}
+for i = 1, #ARGV, 2 do
+  local why = attempt_refusal(status, {running = true}, KEYS[2], ARGV[i], ARGV[i + 1])
+  out[#out + 1] = why or redis.call('HINCRBY', KEYS[3], ARGV[i], 1)
+end
+return out
+"""
+
+STORE_ITEM = 8  # ARGV per item of STORE_RESULTS
+
+# The results of many runs of one job, written by the node that ran them before anyone is told:
+# each only if its attempt is still the current one and the job is still running or paused (a
+# pause stops new starts; the runs already going finish and their results count). With each
+# result (or alone) goes the attempt's record for `mn logs`, written while the job hash exists;
+# a job that is already terminal (the record came after a cancel) gives the attempts hash the
+# job's own TTL, so no key of an expired job is left behind.
+# KEYS: job hash, agents hash, runs hash, job events stream, attempts hash
+# ARGV: node, events maxlen, then STORE_ITEM values per item: agent id, attempt,
+#       'completed' | 'failed' | 'none' (record only), output json, error text,
+#       extra state fields json (object, merged into the agent state: exit_code, started_ms,
+#       duration_ms, complete_job, emits, next_state, ...), events json (list of [type, data json],
+#       appended to the job's events stream with the node), attempt record json ('' = none)
+# Returns one entry per item: 1 stored, 0 nothing to store (record only), or the refusal (a string).
+STORE_RESULTS = _NOW_MS + _ARGS + _CURRENT_ATTEMPT + """
+local err = check_numbers(2)
+if err then return err end
+if (#ARGV - 2) % """ + str(STORE_ITEM) + """ ~= 0 then
+  return redis.error_reply('store_results: arguments must be node, maxlen and whole items')
+end
+local kinds = {completed = true, failed = true, none = true}
+local items = {}
+for i = 3, #ARGV, """ + str(STORE_ITEM) + """ do
+  err = check_numbers(i + 1)
+  if err then return err end
+  if not kinds[ARGV[i + 2]] then
+    return redis.error_reply('store_results: status must be completed, failed or none, got ' .. ARGV[i + 2])
   end
-  for _, item in ipairs(ev) do
-    if type(item[1]) ~= 'string' or type(item[2]) ~= 'string' then
-      return redis.error_reply('store_result: every event must be [type, data json]')
+  local ok, extra, events = pcall(function() return cjson.decode(ARGV[i + 5]), cjson.decode(ARGV[i + 6]) end)
+  if not ok or type(extra) ~= 'table' or type(events) ~= 'table' then
+    return redis.error_reply('store_results: extra must be a JSON object, events a JSON list')
+  end
+  for _, ev in ipairs(events) do
+    if type(ev[1]) ~= 'string' or type(ev[2]) ~= 'string' then
+      return redis.error_reply('store_results: every event must be [type, data json]')
     end
   end
-  extra, events = e, ev
+  items[#items + 1] = {i, extra, events}
 end
-for k, v in pairs(extra) do st[k] = v end
-st['finished_ms'] = now_ms()
-st['node'] = ARGV[3]
-if ARGV[5] == 'completed' then
-  st['status'] = 'completed'
-  st['output'] = ARGV[4]
-else
-  st['status'] = 'failed'
-  st['error'] = ARGV[6]
+-- every argument checked: each item is now refused or written on its own
+local status = redis.call('HGET', KEYS[1], 'status')
+local ttl = redis.call('PTTL', KEYS[1])
+local now = now_ms()
+local out, done, stored, records = {}, 0, 0, false
+for _, item in ipairs(items) do
+  local i, extra, events = item[1], item[2], item[3]
+  local agent, kind = ARGV[i], ARGV[i + 2]
+  if ARGV[i + 7] ~= '' and ttl ~= -2 then
+    redis.call('HSET', KEYS[5], agent .. ':' .. ARGV[i + 1], ARGV[i + 7])
+    records = true
+  end
+  local why, st = nil, nil
+  if kind ~= 'none' then
+    why, st = attempt_refusal(status, {running = true, paused = true}, KEYS[2], agent, ARGV[i + 1])
+  end
+  if kind == 'none' then
+    out[#out + 1] = 0
+  elseif why then
+    out[#out + 1] = why
+  else
+    for k, v in pairs(extra) do st[k] = v end
+    st['finished_ms'] = now
+    st['node'] = ARGV[1]
+    if kind == 'completed' then
+      st['status'] = 'completed'
+      st['output'] = ARGV[i + 3]
+      done = done + 1
+    else
+      st['status'] = 'failed'
+      st['error'] = ARGV[i + 4]
+    end
+    redis.call('HSET', KEYS[2], agent, cjson.encode(st))
+    for _, ev in ipairs(events) do
+      redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[2], '*', 'type', ev[1], 'node', ARGV[1], 'epoch', '',
+        'data', ev[2])
+    end
+    out[#out + 1] = 1
+    stored = stored + 1
+  end
 end
-local encoded = cjson.encode(st)
-redis.call('HSET', KEYS[2], ARGV[1], encoded)
-redis.call('HSET', KEYS[1], 'updated_ms', st['finished_ms'])
-if ARGV[5] == 'completed' then
-  redis.call('HINCRBY', KEYS[1], 'agents_done', 1)
-  redis.call('HINCRBY', KEYS[1], 'node:' .. ARGV[3], 1)
+if records and ttl > 0 then redis.call('PEXPIRE', KEYS[5], ttl) end
+if stored > 0 then redis.call('HSET', KEYS[1], 'updated_ms', now) end
+if done > 0 then
+  redis.call('HINCRBY', KEYS[1], 'agents_done', done)
+  redis.call('HINCRBY', KEYS[1], 'node:' .. ARGV[1], done)
 end
-for _, item in ipairs(events) do
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', 'type', item[1], 'node', ARGV[3], 'epoch', '',
-    'data', item[2])
-end
-return {1, st['status']}
-"""
-
-# KEYS: job hash, agents hash, runs hash ; ARGV: agent id, attempt
-# Counts a start in the runs hash only while the attempt is the dispatched one of a running job:
-# a request that arrives late (it sat in a paused node's socket buffer while the coordinator
-# replayed the agent elsewhere) is refused instead of re-running a completed executor.
-CLAIM_START = _current_attempt("running") + """
-return {1, redis.call('HINCRBY', KEYS[3], ARGV[1], 1)}
+return out
 """
 
 # KEYS: job hash, job events stream, active set, agents hash, runs hash, attempts hash,
@@ -398,8 +454,8 @@ return {1, status}
 """
 
 # Pause or resume a job: running -> paused (event job_paused), paused -> running (job_resumed).
-# While paused the coordinator dispatches nothing (job_write refuses a dispatch), claim_start
-# refuses new starts and store_result still accepts the runs already going.
+# While paused the coordinator dispatches nothing (job_write refuses a dispatch), claim_starts
+# refuses new starts and store_results still accepts the runs already going.
 # KEYS: job hash, job events stream ; ARGV: 'pause' | 'resume', node, events maxlen, reason
 # Returns {1, previous status}, or {0, status} when the job is unknown or not in the state the
 # change starts from.
@@ -438,17 +494,6 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 redis.call('ZREM', KEYS[7], ARGV[1])
 redis.call('ZREM', KEYS[8], ARGV[1])
 return {1, status}
-"""
-
-# An executor's attempt record (mn logs): written only while the job hash exists, and a job that
-# is already terminal (the record came after a cancel) gives the record the job's own TTL, so
-# no key of an expired job is left behind. KEYS: job hash, attempts hash; ARGV: field, value.
-RECORD_ATTEMPT = """
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl == -2 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-return 1
 """
 
 # The leader's sweep of the job indexes, so they do not keep the ids of jobs whose keys expired

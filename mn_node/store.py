@@ -83,12 +83,11 @@ class Scripts:
         self.register = Script(store, "register", scripts.REGISTER)
         self.unregister = Script(store, "unregister", scripts.UNREGISTER)
         self.job_write = Script(store, "job_write", scripts.JOB_WRITE)
-        self.store_result = Script(store, "store_result", scripts.STORE_RESULT)
-        self.claim_start = Script(store, "claim_start", scripts.CLAIM_START)
+        self.store_results = Script(store, "store_results", scripts.STORE_RESULTS)
+        self.claim_starts = Script(store, "claim_starts", scripts.CLAIM_STARTS)
         self.cancel_job = Script(store, "cancel_job", scripts.CANCEL_JOB)
         self.pause_job = Script(store, "pause_job", scripts.PAUSE_JOB)
         self.prune_job = Script(store, "prune_job", scripts.PRUNE_JOB)
-        self.record_attempt = Script(store, "record_attempt", scripts.RECORD_ATTEMPT)
         self.trim_job_index = Script(store, "trim_job_index", scripts.TRIM_JOB_INDEX)
 
 

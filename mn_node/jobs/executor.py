@@ -4,12 +4,23 @@ One dispatch path, two runners behind :class:`~mn_node.runners.base.Runner`: ``c
 runs in the entry-point runner (a ``ProcessPoolExecutor``, spawn, workers die with the daemon),
 ``config.command`` in the command runner (an owned process group per try, scratch directories
 under ``<state dir>/scratch``, group records under ``<state dir>/groups``). A run takes
-``pool_slots`` (default 1) of the node's MIRROR_NEURON_EXECUTOR_CAPACITY slots. Each run is
-counted in ``{ns}:job:<id>:runs`` before it starts (``claim_start``, refused unless the attempt
-is still the dispatched one of a running job); its output is stored by ``store_result``
-(conditioned on the same) before the coordinator is told. A command's runner-internal retries
-(``max_attempts``) all happen inside that one counted start. Every finished attempt's record
-(exit code, duration, node, stdout/stderr tails) goes to ``{ns}:job:<id>:attempts``.
+``pool_slots`` (default 1) of the node's MIRROR_NEURON_EXECUTOR_CAPACITY slots.
+
+Every per-run cost that crosses a process is batched. Entry-point runs wait in one queue; when
+a slot frees, the runs queued behind it of a task that recently ran under ``CHUNK_UNDER_S``
+are taken together as one *chunk* (at most ``CHUNK_MAX``, about the queue over the capacity,
+so long tasks still spread over every worker) that holds one slot and is ONE pool submission.
+Each run is counted in ``{ns}:job:<id>:runs`` before it starts (``claim_starts``, per run:
+refused unless the attempt is still the dispatched one of a running job); its output is
+stored by ``store_results`` (per run, conditioned on the same) before the coordinator is
+told. Both scripts take every run of a job that is ready in one pass of the loop (see
+:class:`~mn_node.jobs.batch.Batcher`); after a store, one ``job.agents_done`` message per job
+and coordinator names every stored agent. A command's runner-internal retries
+(``max_attempts``) all happen inside that one counted start. The attempt record (exit code,
+duration, node, stdout/stderr tails; ``{ns}:job:<id>:attempts``, for ``mn logs``) goes in the
+same ``store_results`` call for every command run and every failed or cancelled run; a
+successful entry-point run has none: its agent state holds all a record would (output,
+exit code, start, duration, node).
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from mn_node.aio import Backoff, Signal
 from mn_node.bundles.cache import BundleCache
 from mn_node.errors import EX_UNAVAILABLE, ConfigError, LinkError, MirrorNeuronError, RedisUnavailable
 from mn_node.jobs import tasks
+from mn_node.jobs.batch import Batcher
 from mn_node.jobs.outcome import Outcome, attempt_record, outcome_of
 from mn_node.jobs.state import JobKeys
 from mn_node.leases import Holder
@@ -38,11 +50,15 @@ from mn_node.runners.base import RunRequest, RunResult, envelope
 from mn_node.runners.command import CommandRunner
 from mn_node.runners.entrypoint import EntryPointRunner
 from mn_node.runners.sandbox import STDERR_FILE, STDOUT_FILE, safe_name
+from mn_node.scripts import STORE_ITEM
 from mn_node.store import EVENTS_MAXLEN, Store
 
 log = logging.getLogger("mn_node.executor")
 
 STORE_RETRY_S = 30.0
+STORE_CALL_BYTES = 1 << 20  # a store_results call carries about this much at most
+CHUNK_MAX = 16  # entry-point runs in one pool submission
+CHUNK_UNDER_S = 0.01  # only tasks whose recent runs took less than this are chunked
 LOG_CHUNK = 64 * 1024  # most bytes per stream one exec.logs answer carries
 
 
@@ -113,8 +129,34 @@ class Run:
     agent: str
     attempt: int
     owner: str
+    req: dict[str, Any]
+    slots: int = 1
+    task: asyncio.Task[None] | None = None  # a command run's own task
+    chunk: Chunk | None = None  # the pool chunk an entry-point run went into
+    started: bool = False  # its start is counted (claim_starts)
+    dropped: bool = False  # stopped or replaced: nothing of it is stored
+    storing: bool = False  # its result waits in (or went through) the store batch
+
+
+@dataclass
+class Chunk:
+    runs: list[Run]
     task: asyncio.Task[None] | None = None
-    started: bool = False
+
+    def drop(self, run: Run) -> None:
+        """Drop one run; the chunk itself is cancelled once none of its runs is wanted."""
+        run.dropped = True
+        if self.task is not None and all(r.dropped for r in self.runs):
+            self.task.cancel()
+
+
+@dataclass
+class Stored:
+    """One run's entry in a ``store_results`` call: its outcome (None: the record alone)."""
+
+    run: Run
+    outcome: Outcome | None
+    record: dict[str, Any] | None
 
 
 class ExecutorService:
@@ -140,8 +182,16 @@ class ExecutorService:
         self.completed = 0
         self.refused = 0
         self.skipped = 0
-        # a result was stored for a coordinator on this node ({job, agent, attempt})
-        self.local_done: Signal[[dict[str, Any]]] = Signal("executor result stored locally")
+        self._queue: deque[Run] = deque()  # entry-point runs waiting for a slot, in order
+        self._queued = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+        self._chunks: set[asyncio.Task[None]] = set()
+        self._task_s: dict[str, float] = {}  # entry-point task -> recent run time (moving average)
+        self._claims: Batcher[tuple[list[Run], asyncio.Future[list[bool | None]]]] = Batcher(
+            "claim_starts", self._flush_claims)
+        self._stores: Batcher[Stored] = Batcher("store_results", self._flush_stores)
+        # results were stored for a coordinator on this node ({job, agents, attempts})
+        self.local_done: Signal[[dict[str, Any]]] = Signal("executor results stored locally")
         links.register("exec.run", self.on_run)
         links.register("exec.status", self.on_status)
         links.register("exec.cancel", self.on_cancel)
@@ -149,7 +199,8 @@ class ExecutorService:
 
     @property
     def busy(self) -> int:
-        return sum(1 for r in self.runs.values() if r.started)
+        """Runs started here (counted) and not finished yet."""
+        return sum(1 for r in self.runs.values() if r.started and not r.storing and not r.dropped)
 
     @property
     def slots_used(self) -> int:
@@ -197,10 +248,17 @@ class ExecutorService:
 
     async def stop(self) -> None:
         self._stopping = True  # refuse new runs: the coordinator puts them back to pending
-        tasks_ = [run.task for run in self.runs.values() if run.task is not None]
+        for run in self.runs.values():
+            run.dropped = True
+        self._queue.clear()
+        tasks_ = [run.task for run in self.runs.values() if run.task is not None] + list(self._chunks)
+        if self._pump is not None:
+            tasks_.append(self._pump)
         for t in tasks_:
             t.cancel()  # a command run ends its process group before the cancellation returns
         await asyncio.gather(*tasks_, return_exceptions=True)
+        await self._claims.close()
+        await self._stores.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.commands.close)
@@ -221,24 +279,49 @@ class ExecutorService:
                 continue
             if self.draining:
                 raise RuntimeError(f"{self.node} is draining: it takes no new executors")
-            if old is not None and old.task is not None:
-                old.task.cancel()
-            run = Run(job_id, str(req["agent"]), int(req["attempt"]), str(msg.get("owner") or frm))
+            if old is not None:
+                self._drop(old)
+            run = Run(job_id, str(req["agent"]), int(req["attempt"]), str(msg.get("owner") or frm), req,
+                      max(1, min(int(req.get("slots", 1) or 1), self.capacity)))
             self.runs[key] = run
-            run.task = asyncio.get_running_loop().create_task(self._execute(run, req), name=f"exec {key}")
+            if req.get("runner") == "command":
+                run.task = asyncio.get_running_loop().create_task(self._execute_command(run), name=f"exec {key}")
+            else:
+                self._enqueue(run)
             accepted.append(req["agent"])
         self.cancelled.discard(job_id)
         return {"accepted": accepted}
 
+    def _drop(self, run: Run) -> bool:
+        """Stop a run that is not finished: a queued one is skipped, a chunk's result dropped
+        (the chunk is cancelled once none of its runs is wanted), a command's task cancelled
+        (its group is killed before the task ends). False when it was finished already."""
+        if run.dropped or run.storing:
+            return False
+        if run.task is not None:
+            if run.task.done():
+                return False
+            run.task.cancel()
+        if run.chunk is not None:
+            run.chunk.drop(run)
+        run.dropped = True
+        self._forget(run)
+        return True
+
+    def _forget(self, run: Run) -> None:
+        key = (run.job_id, run.agent)
+        if self.runs.get(key) is run:
+            del self.runs[key]
+
     def stop_runs(self, why: str) -> int:
         """Drain deadline: stop every run here (a command's group is killed before its task
-        ends; a pool task's result is dropped). Nothing is stored, so the coordinators find the
-        runs unknown here and replay them on another node. Returns how many were stopped."""
+        ends; a pool task's result is dropped; a result already handed to the store batch is
+        still stored). The coordinators find the others unknown here and replay them on
+        another node. Returns how many were stopped."""
         n = 0
         for run in list(self.runs.values()):
-            if run.task is not None and not run.task.done():
+            if self._drop(run):
                 log.info("stopping %s/%s attempt %d: %s", run.job_id, run.agent, run.attempt, why)
-                run.task.cancel()
                 n += 1
         return n
 
@@ -265,12 +348,12 @@ class ExecutorService:
         n = 0
         running: list[asyncio.Task[None]] = []
         for (jid, _), run in list(self.runs.items()):
-            if jid == job_id and run.task is not None:
-                if not run.started:
-                    run.task.cancel()
-                    n += 1
-                else:
-                    running.append(run.task)
+            if jid != job_id:
+                continue
+            if not run.started:
+                n += self._drop(run)
+            elif run.task is not None:
+                running.append(run.task)
         asyncio.get_running_loop().create_task(self._end_job(job_id, running), name=f"end {job_id}")
         return n
 
@@ -305,51 +388,121 @@ class ExecutorService:
             out["offsets"][stream] = start + len(data)
         return out
 
-    # ---- execution --------------------------------------------------------------------------------
-    async def _execute(self, run: Run, req: dict[str, Any]) -> None:
-        key = (run.job_id, run.agent)
-        k = JobKeys(self.store, run.job_id)
-        slots = max(1, min(int(req.get("slots", 1) or 1), self.capacity))
+    # ---- entry-point runs: one queue, chunks -------------------------------------------------------
+    def _enqueue(self, run: Run) -> None:
+        self._queue.append(run)
+        self._queued.set()
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.get_running_loop().create_task(self._pump_queue(), name="executor queue")
+
+    def _head(self) -> Run | None:
+        while self._queue and self._queue[0].dropped:
+            self._queue.popleft()
+        return self._queue[0] if self._queue else None
+
+    async def _pump_queue(self) -> None:
+        """Hand queued entry-point runs to the pool as slots free: a chunk per slot."""
+        await self._ready.wait()
+        while True:
+            head = self._head()
+            if head is None:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            need = head.slots
+            await self._slots.acquire(need)
+            head = self._head()
+            if head is None or head.slots != need:  # the queue changed while we waited
+                self._slots.release(need)
+                continue
+            chunk = Chunk(self._take_chunk())
+            for run in chunk.runs:
+                run.chunk = chunk
+            chunk.task = asyncio.get_running_loop().create_task(self._run_chunk(chunk, need), name="exec chunk")
+            self._chunks.add(chunk.task)
+            chunk.task.add_done_callback(self._chunks.discard)
+
+    def _chunkable(self, run: Run) -> bool:
+        recent = self._task_s.get(str(run.req.get("task")))
+        return run.slots == 1 and recent is not None and recent < CHUNK_UNDER_S
+
+    def _take_chunk(self) -> list[Run]:
+        """The queue's head, with the runs right behind it when they are all short 1-slot tasks
+        of the same timeout: up to min(CHUNK_MAX, queued / capacity)."""
+        first = self._queue.popleft()
+        runs = [first]
+        if not self._chunkable(first):
+            return runs
+        size = min(CHUNK_MAX, -(-(len(self._queue) + 1) // max(1, self.capacity)))
+        timeout = first.req.get("timeout")
+        while len(runs) < size and self._queue:
+            run = self._queue[0]
+            if not run.dropped:
+                if not self._chunkable(run) or run.req.get("timeout") != timeout:
+                    break
+                runs.append(run)
+            self._queue.popleft()
+        return runs
+
+    def _request(self, run: Run) -> RunRequest:
+        config = dict(run.req["config"])
+        config.setdefault("timeout_seconds", float(run.req.get("timeout", 3600)))
+        return RunRequest(run.job_id, run.agent, config, {"body": run.req.get("inputs") or {}}, attempt=run.attempt)
+
+    async def _run_chunk(self, chunk: Chunk, slots: int) -> None:
+        """Claim the chunk's runs (one batched claim_starts), run the claimed ones as one pool
+        submission, hand their results to the store batch. A cancelled chunk stores nothing."""
+        assert self._entry is not None
+        live: list[Run] = []
         try:
-            await self._ready.wait()
-            await self._slots.acquire(slots)
             try:
-                if run.job_id in self.cancelled:
-                    return
-                run.started = True
-                if not await self._claim_start(run, k):
-                    self.skipped += 1
-                    log.info("not starting %s/%s attempt %d: no longer the current attempt of a running job",
-                             run.job_id, run.agent, run.attempt)
-                    return
+                for run, ok in zip(chunk.runs, await self._claim(chunk.runs), strict=True):
+                    if ok and not run.dropped:
+                        live.append(run)
+                    elif not run.dropped:
+                        self._forget(run)
                 started_ms = int(time.time() * 1000)
-                result = await self._run(run, req)
+                results = await self._entry.run_many([self._request(r) for r in live]) if live else []
             finally:
                 self._slots.release(slots)
-            await self._save_attempt(run, k, req, result, started_ms)
-            if result.cancelled:
-                return
-            await self._store(run, k, outcome_of(run.agent, req, result, started_ms))
+        except asyncio.CancelledError:
+            for run in chunk.runs:
+                run.dropped = True
+                self._forget(run)
+            return
+        for run, result in zip(live, results, strict=True):
+            task = str(run.req.get("task"))
+            seconds = float(result.sandbox.get("duration_ms") or 0) / 1000
+            old = self._task_s.get(task)
+            self._task_s[task] = seconds if old is None else 0.8 * old + 0.2 * seconds
+            self._finish(run, result, started_ms)
+
+    # ---- command runs: a task each ---------------------------------------------------------------
+    async def _execute_command(self, run: Run) -> None:
+        try:
+            await self._ready.wait()
+            await self._slots.acquire(run.slots)
+            try:
+                if run.job_id in self.cancelled or not (await self._claim([run]))[0]:
+                    return
+                started_ms = int(time.time() * 1000)
+                result = await self._run(run)
+            finally:
+                self._slots.release(run.slots)
+            self._finish(run, result, started_ms)
         except asyncio.CancelledError:
             pass
         except RedisUnavailable as e:
             log.warning("result of %s/%s attempt %d not stored: %s (the coordinator will replay it)",
                         run.job_id, run.agent, run.attempt, e)
         finally:
-            if self.runs.get(key) is run:
-                del self.runs[key]
+            if not run.storing:
+                self._forget(run)
 
-    async def _run(self, run: Run, req: dict[str, Any]) -> RunResult:
-        """One dispatched attempt through its runner (retries of a command included)."""
+    async def _run(self, run: Run) -> RunResult:
+        """One dispatched command attempt (its runner-internal retries included)."""
         t0 = time.monotonic()
-        if req.get("runner") == "command":
-            result = await self._run_command(run, req)
-        else:
-            assert self._entry is not None
-            config = dict(req["config"])
-            config.setdefault("timeout_seconds", float(req.get("timeout", 3600)))
-            message = {"body": req.get("inputs") or {}}
-            result = await self._entry.run(RunRequest(run.job_id, run.agent, config, message, attempt=run.attempt))
+        result = await self._run_command(run, run.req)
         log.debug("ran %s/%s attempt %d in %.3fs: %s", run.job_id, run.agent, run.attempt,
                   time.monotonic() - t0, "ok" if result.ok else result.reason)
         return result
@@ -372,64 +525,152 @@ class ExecutorService:
             run.job_id, run.agent, req["config"], message, bundle_dir=bundle_dir,
             template_type=str(req.get("template") or "generic"), attempt=run.attempt))
 
-    async def _save_attempt(self, run: Run, k: JobKeys, req: dict[str, Any], result: RunResult,
-                            started_ms: int) -> None:
-        """Best effort: the attempt's record for ``mn logs`` (a lost record loses no result)."""
-        rec = attempt_record(self.node, run.agent, run.attempt, req, result, started_ms, int(time.time() * 1000))
+    # ---- batched claims and stores --------------------------------------------------------------
+    async def _claim(self, runs: list[Run]) -> list[bool]:
+        """Count the starts of ``runs`` (one ``claim_starts`` per job with every claim of the
+        loop pass): True for each run whose attempt is still the dispatched one of a running job.
+        A late request is dropped instead of re-running a completed executor; a run whose claim
+        did not reach Redis does not start either (its coordinator replays it)."""
+        fut: asyncio.Future[list[bool | None]] = asyncio.get_running_loop().create_future()
+        self._claims.add((runs, fut))
+        answers = await fut
+        out = []
+        for run, ok in zip(runs, answers, strict=True):
+            if ok:
+                run.started = True
+            elif ok is not None:
+                self.skipped += 1
+                log.info("not starting %s/%s attempt %d: no longer the current attempt of a running job",
+                         run.job_id, run.agent, run.attempt)
+            out.append(bool(ok))
+        return out
+
+    async def _flush_claims(self, batch: list[tuple[list[Run], asyncio.Future[list[bool | None]]]]) -> None:
+        by_job: dict[str, list[Run]] = {}
+        for runs, _ in batch:
+            for run in runs:
+                by_job.setdefault(run.job_id, []).append(run)
+        answer: dict[int, bool | None] = {}
+
+        async def claim(job_id: str, runs: list[Run]) -> None:
+            k = JobKeys(self.store, job_id)
+            try:
+                res = await self.store.scripts.claim_starts(
+                    [k.job, k.agents, k.runs], [x for r in runs for x in (r.agent, r.attempt)])
+            except RedisUnavailable as e:
+                log.warning("%d start(s) of %s not counted: %s (the coordinator will replay them)",
+                            len(runs), job_id, e)
+                res = [None] * len(runs)
+            for run, r in zip(runs, res, strict=True):
+                answer[id(run)] = None if r is None else isinstance(r, int)
+                if isinstance(r, str):
+                    log.debug("claim of %s/%s attempt %d refused: %s", job_id, run.agent, run.attempt, r)
+
+        await asyncio.gather(*(claim(j, runs) for j, runs in by_job.items()))
+        for runs, fut in batch:
+            if not fut.done():
+                fut.set_result([answer.get(id(r)) for r in runs])
+
+    def _finish(self, run: Run, result: RunResult, started_ms: int) -> None:
+        """Hand a finished run to the store batch (with its attempt record where it has one)."""
+        if run.dropped:
+            self._forget(run)
+            return
+        record = None
+        if run.req.get("runner") == "command" or not result.ok:
+            record = attempt_record(self.node, run.agent, run.attempt, run.req, result, started_ms,
+                                    int(time.time() * 1000))
+        outcome = None if result.cancelled else outcome_of(run.agent, run.req, result, started_ms)
+        run.storing = True
+        self._stores.add(Stored(run, outcome, record))
+
+    async def _flush_stores(self, batch: list[Stored]) -> None:
+        by_job: dict[str, list[Stored]] = {}
+        for item in batch:
+            by_job.setdefault(item.run.job_id, []).append(item)
+        await asyncio.gather(*(self._store_job(job_id, items) for job_id, items in by_job.items()))
+
+    async def _store_job(self, job_id: str, items: list[Stored]) -> None:
+        """Store the results of one job's runs, tell its coordinator, then forget the runs."""
+        k = JobKeys(self.store, job_id)
+        res: list[Any] = []
         try:
-            await self.store.scripts.record_attempt([k.job, k.attempts], [f"{run.agent}:{run.attempt}",
-                                                                         json.dumps(rec, separators=(",", ":"))])
+            for part in _parts([_store_args(self.node, it) for it in items]):
+                res += await self._store_call(k, [a for args in part for a in args])
         except RedisUnavailable as e:
-            log.info("attempt record of %s/%s not saved: %s", run.job_id, run.agent, e)
+            log.warning("results of %d run(s) of %s not stored: %s (the coordinator will replay them)",
+                        len(items) - len(res), job_id, e)
+        stored: list[Run] = []
+        for item, r in zip(items, res, strict=False):
+            if r == 1:
+                self.completed += 1
+                stored.append(item.run)
+            elif isinstance(r, str):
+                self.refused += 1
+                log.info("result of %s/%s attempt %d refused: %s", job_id, item.run.agent, item.run.attempt, r)
+        if stored:
+            await self._tell_owners(job_id, stored)
+        for item in items:
+            self._forget(item.run)
 
-    async def _claim_start(self, run: Run, k: JobKeys) -> bool:
-        """Count this start (``claim_start`` script) only if the attempt is still the dispatched
-        one of a running job; a late request is dropped instead of re-running a completed
-        executor (its result would be refused by ``store_result`` anyway)."""
-        res = await self.store.scripts.claim_start([k.job, k.agents, k.runs], [run.agent, run.attempt])
-        if int(res[0]) != 1:
-            log.debug("claim of %s/%s attempt %d refused: %s", run.job_id, run.agent, run.attempt, res[1])
-        return int(res[0]) == 1
-
-    async def _store(self, run: Run, k: JobKeys, out: Outcome) -> None:
+    async def _store_call(self, k: JobKeys, items: list[Any]) -> list[Any]:
+        """One ``store_results`` call, retried with backoff for up to STORE_RETRY_S."""
         deadline = time.monotonic() + STORE_RETRY_S
-        payload = json.dumps(out.output, separators=(",", ":"))
-        events = [[t, json.dumps(d, separators=(",", ":"))] for t, d in out.events]
         backoff = Backoff(0.1, 1.0)
         while True:
             try:
-                res = await self.store.scripts.store_result(
-                    [k.job, k.agents, k.runs, k.events],
-                    [run.agent, run.attempt, self.node, payload, out.status, out.error,
-                     json.dumps(out.extra, separators=(",", ":")), json.dumps(events), EVENTS_MAXLEN],
-                )
-                break
+                res: list[Any] = await self.store.scripts.store_results(
+                    [k.job, k.agents, k.runs, k.events, k.attempts], [self.node, EVENTS_MAXLEN, *items])
+                return res
             except RedisUnavailable:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(backoff.next_delay())
-        if int(res[0]) != 1:
-            self.refused += 1
-            log.info("result of %s/%s attempt %d refused: %s", run.job_id, run.agent, run.attempt, res[1])
-            return
-        self.completed += 1
-        await self._tell_owner(run)
 
-    async def _tell_owner(self, run: Run) -> None:
-        """Tell the coordinator; if ownership moved, tell the current lease holder too."""
-        targets = {run.owner}
+    async def _tell_owners(self, job_id: str, runs: list[Run]) -> None:
+        """One ``job.agents_done`` per coordinator: the ones that dispatched the runs, and the
+        current lease holder if ownership moved (the lease is read once per job and flush)."""
+        targets = {run.owner for run in runs}
         try:
-            token = await self.store.guard(self.store.r.get(self.store.key("lease", f"job:{run.job_id}")))
+            token = await self.store.guard(self.store.r.get(self.store.key("lease", f"job:{job_id}")))
             if token:
                 targets.add(Holder(str(token), 0).node)
         except RedisUnavailable:
             pass
-        msg = {"job": run.job_id, "agent": run.agent, "attempt": run.attempt}
+        msg = {"job": job_id, "agents": [r.agent for r in runs], "attempts": [r.attempt for r in runs]}
         for node in targets:
             if node == self.node:
                 self.local_done.emit(msg)
                 continue
             try:
-                self.links.send(node, "job.agent_done", msg)
+                self.links.send(node, "job.agents_done", msg)
             except LinkError:
-                pass  # the coordinator's periodic refresh picks the result up from Redis
+                pass  # the coordinator's periodic refresh picks the results up from Redis
+
+
+def _store_args(node: str, item: Stored) -> list[Any]:
+    """The STORE_ITEM arguments of one run in ``store_results``."""
+    out, rec = item.outcome, item.record
+    record = json.dumps(rec, separators=(",", ":")) if rec is not None else ""
+    if out is None:
+        args: list[Any] = [item.run.agent, item.run.attempt, "none", "", "", "{}", "[]", record]
+    else:
+        events = [[t, json.dumps(d, separators=(",", ":"))] for t, d in out.events]
+        args = [item.run.agent, item.run.attempt, out.status, json.dumps(out.output, separators=(",", ":")),
+                out.error, json.dumps(out.extra, separators=(",", ":")), json.dumps(events), record]
+    assert len(args) == STORE_ITEM
+    return args
+
+
+def _parts(items: list[list[Any]]) -> list[list[list[Any]]]:
+    """Items in runs of about STORE_CALL_BYTES (a big command output goes alone)."""
+    parts: list[list[list[Any]]] = [[]]
+    size = 0
+    for args in items:
+        n = sum(len(a) if isinstance(a, str) else 8 for a in args)
+        if parts[-1] and size + n > STORE_CALL_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(args)
+        size += n
+    return parts

@@ -39,7 +39,7 @@ class JobRuntime:
         self.stale_after_ms = int(3 * tick * 1000 + 1000)
         self.executor = ExecutorService(node, store, links, capacity, state_dir=state_dir, commands=commands,
                                         command_timeout_s=command_timeout_s)
-        self.executor.local_done.connect(lambda msg: self._on_agent_done(node, msg))
+        self.executor.local_done.connect(lambda msg: self._on_agents_done(node, msg))
         self.coordinators: dict[str, Coordinator] = {}
         self.retention_ms = retention_ms  # MIRROR_NEURON_JOB_RETENTION: terminal jobs' keys expire after it
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -49,7 +49,8 @@ class JobRuntime:
         self.draining: set[str] = set()  # nodes being drained (set by the drain control each pass)
         # a coordinator of this node stopped (its job id): placement looks again at once
         self.coordinator_exited: Signal[[str]] = Signal("coordinator exited")
-        links.register("job.agent_done", self._on_agent_done)
+        links.register("job.agents_done", self._on_agents_done)
+        links.register("job.agent_done", self._on_agent_done)  # from nodes of an older version
         links.register("job.cancel", self._on_cancel)
         leases.lost.connect(self._on_lease_lost)
 
@@ -88,6 +89,13 @@ class JobRuntime:
         c = self.coordinators.get(str(msg.get("job")))
         if c is not None:
             c.notify_done(str(msg.get("agent")))
+
+    def _on_agents_done(self, frm: str, msg: Any) -> None:
+        """``{job, agents: [id, ...], attempts: [n, ...]}``: results stored by an executing node."""
+        c = self.coordinators.get(str(msg.get("job")))
+        if c is not None:
+            for aid in msg.get("agents") or []:
+                c.notify_done(str(aid))
 
     def _on_cancel(self, frm: str, msg: Any) -> None:
         c = self.coordinators.get(str(msg.get("job")))

@@ -170,10 +170,11 @@ async def test_pause_and_resume_are_atomic_status_changes(store: Store) -> None:
     # while paused: no new start, but a run already going stores its result
     await store.r.hset(k.agents, "a", json.dumps({"status": "dispatched", "attempt": 1}))
     await store.r.hset(k.agents, "b", json.dumps({"status": "dispatched", "attempt": 1}))
-    refused = await store.scripts.claim_start([k.job, k.agents, k.runs], ["a", 1])
-    assert refused[0] == 0 and "paused" in refused[1]
-    stored = await store.scripts.store_result([k.job, k.agents, k.runs], ["b", 1, "n1", "[1]", "completed", ""])
-    assert stored[0] == 1
+    refused = await store.scripts.claim_starts([k.job, k.agents, k.runs], ["a", 1])
+    assert "paused" in refused[0]
+    stored = await store.scripts.store_results([k.job, k.agents, k.runs, k.events, k.attempts],
+                                               ["n1", 100, "b", 1, "completed", "[1]", "", "{}", "[]", ""])
+    assert stored == [1]
     assert await pause_job(store, job_id, "n1", "resume", "t") == (True, "paused")
     types = [f["type"] for _, f in await store.r.xrange(k.events)]
     assert types[-2:] == ["job_paused", "job_resumed"]

@@ -15,6 +15,7 @@ from mn_node.store import EVENTS_MAXLEN, Store
 from tests.support.redis import RedisServer
 
 KEYS = ["ns:job:j1", "ns:job:j1:agents", "ns:job:j1:runs"]
+STORE_KEYS = [*KEYS, "ns:job:j1:events", "ns:job:j1:attempts"]
 
 
 async def _store(redis_server: RedisServer) -> Store:
@@ -24,14 +25,26 @@ async def _store(redis_server: RedisServer) -> Store:
     return s
 
 
-async def test_claim_start_counts_only_the_current_attempt(redis_server: RedisServer) -> None:
+def _item(agent: str, attempt: Any, status: str = "completed", output: str = "[3]", extra: str = "{}",
+          events: str = "[]", record: str = "") -> list[Any]:
+    return [agent, attempt, status, output, "" if status == "completed" else "boom", extra, events, record]
+
+
+async def _store_results(s: Store, *items: list[Any], node: str = "n2", maxlen: Any = EVENTS_MAXLEN) -> Any:
+    return await s.scripts.store_results(STORE_KEYS, [node, maxlen, *[x for it in items for x in it]])
+
+
+async def _snapshot(s: Store) -> list[Any]:
+    return [await s.r.hgetall(k) for k in (*KEYS, STORE_KEYS[4])] + [await s.r.xrange(STORE_KEYS[3])]
+
+
+async def test_claim_starts_counts_only_the_current_attempts(redis_server: RedisServer) -> None:
     s = await _store(redis_server)
     try:
-        assert list(await s.scripts.claim_start(KEYS, ["prime_1", 2])) == [1, 1]
-        stale = await s.scripts.claim_start(KEYS, ["prime_1", 1])
-        assert stale[0] == 0 and "not current" in stale[1]
-        assert (await s.scripts.claim_start(KEYS, ["nobody", 2]))[0] == 0
-        assert await s.r.hget(KEYS[2], "prime_1") == "1"
+        await s.r.hset(KEYS[1], "prime_2", json.dumps({"status": "dispatched", "attempt": 1}))
+        res = await s.scripts.claim_starts(KEYS, ["prime_1", 2, "prime_1", 1, "nobody", 2, "prime_2", 1])
+        assert res[0] == 1 and "not current" in res[1] and res[2] == "unknown agent" and res[3] == 1
+        assert await s.r.hgetall(KEYS[2]) == {"prime_1": "1", "prime_2": "1"}
     finally:
         await s.close()
 
@@ -41,15 +54,15 @@ async def test_late_start_after_completion_is_refused(redis_server: RedisServer)
     completed elsewhere; it must not run (runs stays 1) and its result is refused."""
     s = await _store(redis_server)
     try:
-        assert (await s.scripts.claim_start(KEYS, ["prime_1", 2]))[0] == 1
-        done = await s.scripts.store_result(KEYS, ["prime_1", 2, "n2", "[3]", "completed", ""])
-        assert done[0] == 1
-        late = await s.scripts.claim_start(KEYS, ["prime_1", 2])
-        assert late[0] == 0 and "completed" in late[1]
-        again = await s.scripts.store_result(KEYS, ["prime_1", 2, "n1", "[3]", "completed", ""])
-        assert again[0] == 0
+        assert await s.scripts.claim_starts(KEYS, ["prime_1", 2]) == [1]
+        assert await _store_results(s, _item("prime_1", 2)) == [1]
+        late = await s.scripts.claim_starts(KEYS, ["prime_1", 2])
+        assert "completed" in late[0]
+        again = await _store_results(s, _item("prime_1", 2), node="n1")
+        assert "not current" in again[0]
         assert await s.r.hget(KEYS[2], "prime_1") == "1"
         assert await s.r.hget(KEYS[0], "agents_done") == "1"
+        assert await s.r.hget(KEYS[0], "node:n2") == "1" and await s.r.hget(KEYS[0], "node:n1") is None
     finally:
         await s.close()
 
@@ -58,9 +71,76 @@ async def test_no_start_once_the_job_is_cancelled(redis_server: RedisServer) -> 
     s = await _store(redis_server)
     try:
         await s.r.hset(KEYS[0], "status", "cancelled")
-        res = await s.scripts.claim_start(KEYS, ["prime_1", 2])
-        assert res[0] == 0 and "cancelled" in res[1]
+        res = await s.scripts.claim_starts(KEYS, ["prime_1", 2])
+        assert "cancelled" in res[0]
         assert await s.r.hget(KEYS[2], "prime_1") is None
+    finally:
+        await s.close()
+
+
+async def test_store_results_checks_each_item_on_its_own(redis_server: RedisServer) -> None:
+    """One call: a stored result, a stale attempt (refused, its record kept), a failure with
+    an event, and a record alone; the counters count only the completed one."""
+    s = await _store(redis_server)
+    try:
+        await s.r.hset(KEYS[1], "c", json.dumps({"status": "dispatched", "attempt": 1}))
+        res = await _store_results(
+            s, _item("prime_1", 2, extra='{"exit_code":0}'), _item("prime_1", 1, record='{"r":1}'),
+            _item("c", 1, "failed", events='[["agent_event","{}"]]', record='{"r":2}'),
+            _item("d", 4, "none", record='{"r":3}'))
+        assert res[0] == 1 and "not current" in res[1] and res[2:] == [1, 0]
+        a = json.loads(await s.r.hget(KEYS[1], "prime_1"))
+        assert a["status"] == "completed" and a["output"] == "[3]" and a["exit_code"] == 0 and a["node"] == "n2"
+        assert json.loads(await s.r.hget(KEYS[1], "c"))["error"] == "boom"
+        assert await s.r.hgetall(STORE_KEYS[4]) == {"prime_1:1": '{"r":1}', "c:1": '{"r":2}', "d:4": '{"r":3}'}
+        assert await s.r.hget(KEYS[0], "agents_done") == "1"
+        assert [f["type"] for _, f in await s.r.xrange(STORE_KEYS[3])] == ["agent_event"]
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize("case", ["odd pairs", "bad attempt"])
+async def test_claim_starts_refusal_writes_nothing(redis_server: RedisServer, case: str) -> None:
+    s = await _store(redis_server)
+    try:
+        args: list[Any] = ["prime_1", 2, "prime_1"] if case == "odd pairs" else ["prime_1", 2, "prime_1", "x"]
+        with pytest.raises(RedisUnavailable):
+            await s.scripts.claim_starts(KEYS, args)
+        assert await s.r.hgetall(KEYS[2]) == {}
+    finally:
+        await s.close()
+
+
+@pytest.mark.parametrize("case", ["bad extra", "bad events", "bad status", "bad attempt", "bad maxlen", "short item"])
+async def test_store_results_refusal_writes_nothing(redis_server: RedisServer, case: str) -> None:
+    """A malformed item anywhere in the call refuses the whole call before the first write:
+    the good item before it is not stored, its record not written, no counter moves."""
+    s = await _store(redis_server)
+    try:
+        await s.r.hset(KEYS[1], "c", json.dumps({"status": "dispatched", "attempt": 1}))
+        before = await _snapshot(s)
+        bad = {"bad extra": _item("c", 1, extra="[nope"), "bad events": _item("c", 1, events='[[1, 2]]'),
+               "bad status": _item("c", 1, "done"), "bad attempt": _item("c", "one"),
+               "bad maxlen": _item("c", 1), "short item": _item("c", 1)[:5]}[case]
+        maxlen: Any = "lots" if case == "bad maxlen" else EVENTS_MAXLEN
+        with pytest.raises(RedisUnavailable):
+            await _store_results(s, _item("prime_1", 2, record='{"r":1}'), bad, maxlen=maxlen)
+        assert await _snapshot(s) == before
+    finally:
+        await s.close()
+
+
+async def test_a_record_is_not_written_for_a_job_that_is_gone(redis_server: RedisServer) -> None:
+    s = await _store(redis_server)
+    try:
+        await s.r.pexpire(KEYS[0], 60_000)
+        assert await _store_results(s, _item("prime_1", 1, "failed", record='{"r":1}')) == ["attempt 1 is not "
+                                                                                           "current (agent is "
+                                                                                           "dispatched attempt 2)"]
+        assert 0 < await s.r.pttl(STORE_KEYS[4]) <= 60_000  # the record takes the terminal job's TTL
+        await s.r.delete(KEYS[0], STORE_KEYS[4])
+        assert await _store_results(s, _item("prime_1", 2, "none", record='{"r":1}')) == [0]
+        assert not await s.r.exists(STORE_KEYS[4])
     finally:
         await s.close()
 
