@@ -1,20 +1,30 @@
 """Retention soak: many small jobs on a real cluster, then Redis must shrink back once they expire.
 
-    python3 -m bench.soak [--jobs 5000] [--retention 60s] [--nodes 3] [--window 60] [--json out.json]
+    python3 -m bench.soak [--jobs 5000] [--retention 60s] [--nodes 3] [--window 60] [--client-idle 10]
+                          [--json out.json]
 
-Steps: start redis-server and N nodes with ``MIRROR_NEURON_JOB_RETENTION=<retention>``; run and
-prune a few warm-up jobs (scripts loaded, pools warm); record ``INFO memory`` (raw, then after
-``MEMORY PURGE``, which returns jemalloc's dirty pages: RSS moves, ``used_memory`` barely does);
-submit the jobs through the API (``prime_sweep_scale``, 2 workers, chunk_size 10), at most
-``--window`` unfinished at a time, and wait until all are terminal; record the peak and the bytes
-per live terminal job; wait until the retention of the last job has passed and record ``DBSIZE`` /
-``INFO keyspace`` before any SCAN touches a key; then SCAN until no key names a soak job and the
-indexes ``{ns}:jobs``, ``{ns}:jobs:expiry``, ``{ns}:jobs:active`` hold none of their ids (with a
-deadline); record ``INFO memory`` again.
+Steps: start redis-server (``timeout`` = ``--client-idle``) and N nodes with
+``MIRROR_NEURON_JOB_RETENTION=<retention>``; run and prune a few warm-up jobs (scripts loaded,
+pools warm); run every reading command once (Redis 7 allocates a ~24 KB latency histogram per
+command name the first time it runs); wait until Redis has closed the connections idle longer
+than ``--client-idle`` and shrunk idle client buffers, empty the slow log and record ``INFO
+memory`` (raw, then after ``MEMORY PURGE``, which returns jemalloc's dirty pages: RSS moves,
+``used_memory`` barely does); submit the jobs through the API (``prime_sweep_scale``, 2 workers,
+chunk_size 10), at most ``--window`` unfinished at a time, and wait until all are terminal;
+record the peak and the bytes per live terminal job; wait until the retention of the last job
+has passed and record ``DBSIZE`` / ``INFO keyspace`` before any SCAN touches a key; then SCAN
+until no key names a soak job and the indexes ``{ns}:jobs``, ``{ns}:jobs:expiry``,
+``{ns}:jobs:active`` hold none of their ids (with a deadline); settle and read as before.
+
+Why the two readings settle first: each node's Redis connection pool keeps every connection a
+burst opened (about 2 KB each in Redis: 12 connections before, 104 after, in one run), and the
+slow log keeps its last 128 entries (up to 80 KB on a loaded machine). Neither depends on the
+retention; both readings treat them alike, and the table shows what the slow log held.
 
 Passes (exit 0) only if no key or index entry of an expired job is left and ``used_memory`` is
 within ``--tolerance`` (10 %) of its pre-soak value. The numbers are printed whatever happens:
-a table on stderr, one JSON object on stdout.
+a table on stderr (with where the difference is: the cluster's own keys, clients, the rest, and
+the commands first run after the baseline), one JSON object on stdout.
 """
 
 from __future__ import annotations
@@ -47,6 +57,9 @@ def memory(r: Any, purge: bool = False) -> dict[str, Any]:
     stats = r.memory_stats()  # where used_memory goes beyond the keys: dict tables, AOF and client buffers
     out["stats"] = {k: v for k, v in stats.items() if k.startswith(("overhead", "aof", "clients", "replication",
                                                                       "keys.", "dataset.bytes", "db."))}
+    out["clients"] = {"connected": r.info("clients")["connected_clients"], "bytes": info.get("mem_clients_normal")}
+    # Redis 7 gives each command name a latency histogram (about 24 KB) the first time it runs
+    out["commands_run"] = sorted(k.removeprefix("cmdstat_") for k in r.info("commandstats"))
     if purge:
         try:
             r.execute_command("MEMORY", "PURGE")
@@ -54,6 +67,19 @@ def memory(r: Any, purge: bool = False) -> dict[str, Any]:
             out["after_purge"] = {k: after.get(k) for k in MEM_FIELDS}
         except Exception as e:  # not jemalloc: nothing to purge
             out["after_purge"] = {"error": str(e)}
+    return out
+
+
+def settled(r: Any) -> dict[str, Any]:
+    """The reading the verdict compares: ``memory`` after SLOWLOG RESET. Redis' slow log keeps the
+    last 128 commands slower than 10 ms with up to 32 arguments of 128 bytes each (tens of KB on
+    a loaded machine, whatever the retention); it is emptied before both readings and what that
+    freed is kept next to them."""
+    raw = r.info("memory")["used_memory"]
+    entries = int(r.execute_command("SLOWLOG", "LEN"))
+    r.execute_command("SLOWLOG", "RESET")
+    out = memory(r, purge=True)
+    out["slowlog"] = {"entries": entries, "used_memory_with_them": raw, "freed": raw - out["used_memory"]}
     return out
 
 
@@ -196,6 +222,22 @@ def warm_up(c: Cluster, r: Any) -> None:
         raise AssertionError(f"warm-up jobs still in Redis after prune: {left}")
 
 
+def settle(r: Any, idle_s: int, deadline_s: float = 120) -> dict[str, Any]:
+    """Wait until Redis has closed the connections idle longer than ``idle_s`` (its ``timeout``)
+    and shrunk the idle clients' buffers (clientsCron: query buffers after 2 s idle, reply
+    buffers every 5 s): at least ``idle_s`` + 6 s, then until the client count holds for 5 s."""
+    t0 = time.monotonic()
+    counts: list[int] = []
+    while True:
+        counts.append(int(r.info("clients")["connected_clients"]))
+        waited = time.monotonic() - t0
+        if waited >= idle_s + 6 and len(counts) >= 5 and len(set(counts[-5:])) == 1:
+            return {"waited_s": round(waited, 1), "clients": counts[-1]}
+        if waited > deadline_s:
+            return {"waited_s": round(waited, 1), "clients": counts[-1], "unsettled": counts[-10:]}
+        time.sleep(1)
+
+
 def soak(args: argparse.Namespace, retention_s: float) -> dict[str, Any]:
     srv = RedisServer().start()
     env = {"MIRROR_NEURON_JOB_RETENTION": args.retention}
@@ -216,12 +258,18 @@ def _soak_steps(args: argparse.Namespace, retention_s: float, srv: RedisServer, 
                 res: dict[str, Any]) -> None:
     r = srv.client()
     r.config_set("lazyfree-lazy-expire", "no")
+    # Redis closes connections idle this long: a node's connection pool keeps every connection a
+    # burst opened (about 2 KB each in Redis); both readings then count the connections in use
+    r.config_set("timeout", str(args.client_idle))
     c.start_all()
     c.wait_leader()
     c.wait_started()
     warm_up(c, r)
-    time.sleep(1)  # let the warm-up's frees settle (the poll below is on Redis, not on this)
-    res["before"] = {"memory": memory(r, purge=True), "keyspace": keyspace(r), "key_bytes": small_keys(r, c.namespace)}
+    # Redis 7 allocates a latency histogram (about 24 KB, `latency-tracking`) for each command name
+    # the first time it runs: every command the readings use runs once before the baseline
+    settled(r), keyspace(r), small_keys(r, c.namespace), r.exists(c.namespace + ":job:none")
+    res["before"] = {"settle": settle(r, args.client_idle), "memory": settled(r), "keyspace": keyspace(r),
+                     "key_bytes": small_keys(r, c.namespace)}
     run = run_jobs(c, r, args.jobs, args.window, args.timeout)
     ids = run.pop("ids")
     res["run"] = {k: v for k, v in run.items() if k != "last_end_ms"}
@@ -238,18 +286,28 @@ def _soak_steps(args: argparse.Namespace, retention_s: float, srv: RedisServer, 
     res["after_retention"] = {"waited_s": wait_s, "keyspace_before_scan": keyspace(r),
                               "memory_before_scan": memory(r)}
     left, scan_s = wait_expired(r, c.namespace, ids, args.deadline)
-    res["after"] = {"scan_s": scan_s, "leftovers": left, "keyspace": keyspace(r), "memory": memory(r, purge=True),
-                    "key_bytes": small_keys(r, c.namespace)}
+    res["after"] = {"scan_s": scan_s, "leftovers": left, "keyspace": keyspace(r), "settle": settle(r, args.client_idle),
+                    "memory": settled(r), "key_bytes": small_keys(r, c.namespace)}
 
 
 def verdict(res: dict[str, Any], tolerance: float) -> dict[str, Any]:
+    """used_memory after vs before, and where the difference is: the cluster's own keys (its
+    capped streams fill up with time), client connections, and the rest (no key: the slow log's
+    last entries, allocator rounding)."""
     if "after" not in res:
         return {"memory_within_tolerance": False, "no_expired_job_left": False, "error": res.get("error")}
-    before = res["before"]["memory"]["used_memory"]
-    after = res["after"]["memory"]["used_memory"]
+    b, a = res["before"], res["after"]
+    before, after = b["memory"]["used_memory"], a["memory"]["used_memory"]
     ratio = (after - before) / before
+    keys = sum(a["key_bytes"].values()) - sum(b["key_bytes"].values())
+    clients = (a["memory"]["clients"]["bytes"] or 0) - (b["memory"]["clients"]["bytes"] or 0)
+    raw_b, raw_a = b["memory"]["slowlog"]["used_memory_with_them"], a["memory"]["slowlog"]["used_memory_with_them"]
     return {"used_memory_delta": after - before, "used_memory_ratio": ratio,
-            "memory_within_tolerance": abs(ratio) <= tolerance, "no_expired_job_left": clean(res["after"]["leftovers"])}
+            "delta_in": {"cluster_keys": keys, "clients": clients, "rest": after - before - keys - clients},
+            "ratio_with_slowlog": (raw_a - raw_b) / raw_b,
+            "commands_first_run_after_baseline": sorted(set(a["memory"]["commands_run"])
+                                                        - set(b["memory"]["commands_run"])),
+            "memory_within_tolerance": abs(ratio) <= tolerance, "no_expired_job_left": clean(a["leftovers"])}
 
 
 def purged(mem: dict[str, Any]) -> str:
@@ -262,19 +320,28 @@ def rows(res: dict[str, Any]) -> list[list[Any]]:
     left = res["after"]["leftovers"]
     pk = res["run"]["peak"]
     kb = res["after_retention"]["keyspace_before_scan"]
+    d = ok["delta_in"]
     return [
         ["jobs", f"{res['jobs']:,} on {res['nodes']} nodes", f"{res['run']['seconds']:.0f} s",
          f"{res['run']['jobs_per_s']:.1f} jobs/s"],
         ["statuses", res["run"]["status_counts"], "", ""],
         ["used_memory before (raw / after purge)", f"{b['used_memory']:,}", purged(b),
-         f"dataset {b['used_memory_dataset']:,}"],
+         f"dataset {b['used_memory_dataset']:,}, {b['clients']['connected']} clients"],
         ["used_memory peak", f"{pk['used_memory']:,}", f"at {pk.get('at_s', 0):.0f} s",
          f"{pk.get('terminal', 0)} ended"],
         ["bytes per live terminal job", f"{e['bytes_per_live_job']:,.0f}", f"{e['live_terminal_jobs']} live",
          f"keys of one job {e['job_keys']['total']:,} B"],
         ["keys after retention, before any SCAN", f"dbsize {kb['dbsize']}", f"expires {kb['expires']}", ""],
         ["used_memory after (raw / after purge)", f"{a['used_memory']:,}", purged(a),
-         f"{ok['used_memory_ratio']:+.1%} ({'ok' if ok['memory_within_tolerance'] else 'FAIL'})"],
+         f"{ok['used_memory_ratio']:+.1%} ({'ok' if ok['memory_within_tolerance'] else 'FAIL'}), "
+         f"{a['clients']['connected']} clients"],
+        ["  difference in: cluster keys / clients / rest", f"{d['cluster_keys']:+,}", f"{d['clients']:+,}",
+         f"{d['rest']:+,}"],
+        ["slow log emptied before each reading", f"{b['slowlog']['entries']} / {a['slowlog']['entries']} entries",
+         f"{b['slowlog']['freed']:,} / {a['slowlog']['freed']:,} B",
+         f"with them {ok['ratio_with_slowlog']:+.1%}"],
+        ["commands first run after the baseline", ", ".join(ok["commands_first_run_after_baseline"]) or "none",
+         "", ""],
         ["expired-job keys / index ids left", left["keys"], left["index"],
          "ok" if ok["no_expired_job_left"] else "FAIL"],
     ]
@@ -289,6 +356,8 @@ def main() -> int:
     p.add_argument("--tolerance", type=float, default=0.10, help="used_memory after vs before (fraction)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds for all jobs to end")
     p.add_argument("--deadline", type=float, default=120, help="seconds of scanning after the retention")
+    p.add_argument("--client-idle", type=int, default=10,
+                   help="Redis timeout (s): idle connections closed before each reading")
     p.add_argument("--json", dest="json_path")
     args = p.parse_args()
     retention_s = parse_duration(args.retention, "--retention")

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def soak() -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
     p = subprocess.run([sys.executable, "-m", "bench.soak", "--jobs", "30", "--retention", "2s", "--nodes", "3",
-                        "--window", "15", "--deadline", "20"], capture_output=True, text=True, cwd=ROOT, timeout=400)
+                        "--window", "15", "--deadline", "20", "--client-idle", "3"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=400)
     assert p.stdout, p.stderr
     return p, json.loads(p.stdout)
 
@@ -32,6 +33,11 @@ def test_every_job_ends_and_the_numbers_are_reported(soak: tuple[subprocess.Comp
     assert res["run"]["peak"]["used_memory"] > res["before"]["memory"]["used_memory"]
     assert res["at_end"]["job_keys"]["jobs_sampled"] > 0 and res["at_end"]["job_keys"]["total"] > 0
     assert "bytes per live terminal job" in p.stderr and "keys after retention, before any SCAN" in p.stderr
+    # both readings settled: Redis closed the connections idle past --client-idle, the slow log was emptied
+    for reading in (res["before"], res["after"]):
+        assert "unsettled" not in reading["settle"], reading["settle"]
+        assert reading["memory"]["slowlog"]["entries"] >= 0 and "commands_run" in reading["memory"]
+    assert set(res["verdict"]["delta_in"]) == {"cluster_keys", "clients", "rest"}, res["verdict"]
 
 
 def test_no_key_of_an_expired_job_is_left(soak: tuple[subprocess.CompletedProcess[str], Any]) -> None:

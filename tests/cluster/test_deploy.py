@@ -14,13 +14,15 @@ import os
 import re
 import secrets
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.cluster.boxes import Fleet
+from tests.cluster.boxes import BoxError, Fleet
 from tests.cluster.conftest import close_masters, missing_box_tools
 from tests.support.wait import wait_until
 
@@ -280,14 +282,40 @@ def test_bad_env_file_fails_once_without_restart_loop(fleet: Fleet, inventory: P
     wait_until(lambda: all_up(fleet), 60, "the repaired node to rejoin", interval=0.5)
 
 
-# prime_sweep_scale over [1000003, 3*10^9): pi(3*10^9) = 144449537 and pi(10^6) = 78498 (published
-# values, independent of the daemon; 1000003 is the first prime above 10^6), so the range holds
-# 144449537 - 78498 primes, in 100 chunks of 3*10^7 numbers. [1000003, 10^9] was too short: on the
-# 2-core development machine with little other load it completed in 21 s, before the 44 s rolling
-# restart ended; three times the work must outlast a rolling restart of 3 nodes (checked below).
-JOB_START, JOB_END, JOB_CHUNK = 1_000_003, 2_999_999_999, 30_000_000
-JOB_EXPECTED = 144_449_537 - 78_498
+# The job stream of the rolling restarts: prime_sweep_scale over [1000003, 10^8] in chunks of 10^7
+# (10 workers) must count pi(10^8) - pi(10^6) = 5761455 - 78498 primes (published values,
+# independent of the daemon; 1000003 is the first prime above 10^6). STREAM_WINDOW of them are kept
+# unfinished from before the play begins until it ends, so every restart meets jobs in flight.
+STREAM_PARAMS = ("--start", "1000003", "--end", "100000000", "--chunk-size", "10000000")
+STREAM_EXPECTED = 5_761_455 - 78_498
+STREAM_WINDOW = 3
+TERMINAL = ("completed", "failed", "cancelled")
 ROLLING_PLAY = "PLAY [MirrorNeuron rolling restart]"
+DRAIN_TASK = "Drain this node and wait until it is drained"
+
+# Runs in a box next to its API: the status of each job given (with detail "1" also its prime
+# count and the starts per agent, from the job's runs hash: above 1 is a replay), then `room`
+# new jobs submitted with `mn submit`. Prints one JSON object.
+STREAM_STEP = r"""
+import json, subprocess, sys, urllib.request
+ids, room, detail, params = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4:]
+out = {"jobs": {}, "new": []}
+for jid in ids:
+    url = "http://127.0.0.1:4000/api/v1/jobs/" + jid + ("?agents=1" if detail else "")
+    with urllib.request.urlopen(url, timeout=10) as r:
+        j = json.load(r)
+    rec = out["jobs"][jid] = {"status": j["status"]}
+    if detail:
+        rec["prime_count"] = (j.get("result") or {}).get("prime_count")
+        rec["runs"] = {a: s["runs"] for a, s in j["agent_states"].items()}
+for _ in range(room):
+    sub = subprocess.run(["mn", "submit", "prime_sweep_scale", *params, "--json"], capture_output=True,
+                         text=True, timeout=60)
+    if sub.returncode != 0:
+        break
+    out["new"].append(json.loads(sub.stdout)["job_id"])
+print(json.dumps(out))
+"""
 
 
 def stuck_agents_report(fleet: Fleet) -> str:
@@ -301,90 +329,156 @@ def stuck_agents_report(fleet: Fleet) -> str:
     return "\n".join(out)
 
 
-def job_view(fleet: Fleet, n: int, job_id: str) -> dict[str, object]:
-    out = fleet.exec(n, ["mn", "job", job_id, "--no-follow", "--json"], timeout=60)
-    return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else {}
+class JobStream:
+    """STREAM_WINDOW jobs unfinished at all times, through whichever box answers (one box at a
+    time is restarting). Records, in host monotonic time (the boxes share the host's clock, so
+    systemd's *TimestampMonotonic compare with it), when each job was surely in flight."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.submitted: dict[str, float] = {}  # job -> when its submit had returned
+        self.open_at: dict[str, float] = {}  # job -> latest time it was seen not yet ended
+        self.status: dict[str, str] = {}
+        self.detail: dict[str, dict[str, Any]] = {}
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.box = NODES
+
+    def open(self) -> list[str]:
+        return [j for j in self.submitted if self.status.get(j) not in TERMINAL]
+
+    def in_flight_at(self, t: float) -> bool:
+        return any(self.submitted[j] <= t <= self.open_at.get(j, -1.0) for j in self.submitted)
+
+    def step(self, room: int, detail: bool = False) -> bool:
+        """One STREAM_STEP through the first box that answers; False if none did."""
+        ids = list(self.submitted) if detail else self.open()
+        for k in range(NODES):
+            n = 1 + (self.box - 1 + k) % NODES
+            t0 = time.monotonic()
+            try:
+                r = self.fleet.exec(n, ["python3", "-c", STREAM_STEP, json.dumps(ids), str(room),
+                                        "1" if detail else "0", *STREAM_PARAMS], timeout=120)
+                out = json.loads(r.stdout) if r.returncode == 0 else None
+            except (BoxError, subprocess.TimeoutExpired, ValueError) as e:
+                r, out = None, None
+                self.failures.append(f"box {n}: {e!r}"[:300])
+            if out is None:
+                if r is not None:
+                    self.failures.append(f"box {n}: exit {r.returncode} {r.stderr.strip()[-200:]}")
+                continue
+            self.submitted.update(dict.fromkeys(out["new"], time.monotonic()))
+            for jid, rec in out["jobs"].items():
+                self.status[jid] = rec["status"]
+                if rec["status"] not in TERMINAL:
+                    self.open_at[jid] = t0
+                if detail:
+                    self.detail[jid] = rec
+            self.box = n
+            return True
+        return False
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.step(max(0, STREAM_WINDOW - len(self.open())))
+            self.stop.wait(0.5)
 
 
-def agent_runs(fleet: Fleet, n: int, job_id: str) -> dict[str, int]:
-    """Starts per agent (the job's runs hash, through the box's API): above 1 is a replay."""
-    code = ("import json, sys, urllib.request; r = urllib.request.urlopen(sys.argv[1], timeout=10); "
-            "print(json.dumps({a: s['runs'] for a, s in json.load(r)['agent_states'].items()}))")
-    out = fleet.exec(n, ["python3", "-c", code, f"http://127.0.0.1:4000/api/v1/jobs/{job_id}?agents=1"], timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return {a: int(k) for a, k in json.loads(out.stdout).items()}
-
-
-def test_rolling_restart_while_a_job_runs(fleet: Fleet, inventory: Path, tmp_path: Path) -> None:
-    before = {n: unit(fleet, n) for n in range(1, NODES + 1)}
-    argv, env = play_argv(fleet, inventory, "-e", "mirror_neuron_log_level=DEBUG")
-    log_path = tmp_path / "play.log"
-    t0 = time.monotonic()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    try:
-        # submit when the first play has rewritten the env files and the rolling play begins,
-        # through the box restarted last (box 3: inventory order, serial 1)
-        wait_until(lambda: ROLLING_PLAY in log_path.read_text() or proc.poll() is not None,
-                   600, "the rolling-restart play to begin", interval=0.1)
-        assert proc.poll() is None, log_path.read_text()[-6000:]
-        sub = fleet.exec(NODES, ["mn", "submit", "prime_sweep_scale", "--start", str(JOB_START),
-                                 "--end", str(JOB_END), "--chunk-size", str(JOB_CHUNK), "--json"], timeout=60)
-        assert sub.returncode == 0, sub.stdout + sub.stderr
-        job_id = json.loads(sub.stdout)["job_id"]
-        t_submit = time.monotonic()
-        rc = proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    secs = time.monotonic() - t0
-    out = log_path.read_text()
-    assert rc == 0, out[-6000:]
-    TIMINGS["site.yml rolling run"] = secs
-    right_after = job_view(fleet, NODES, job_id)
-    after = {n: unit(fleet, n) for n in range(1, NODES + 1)}
+def restarted_one_at_a_time(before: dict[int, dict[str, str]],
+                            after: dict[int, dict[str, str]]) -> list[tuple[int, int]]:
+    """Every box restarted once, cleanly, box k+1 only after box k was active (READY) again;
+    returns (start, READY) per box in monotonic microseconds."""
     for n in range(1, NODES + 1):
         assert after[n]["ExecMainStartTimestampMonotonic"] != before[n]["ExecMainStartTimestampMonotonic"], \
             f"box {n} was not restarted: {after[n]}"
         assert after[n]["ActiveState"] == "active" and after[n]["NRestarts"] == "0", after[n]
-    # one at a time: box k+1 was started only after box k was active (READY) again
     spans = [(int(after[n]["ExecMainStartTimestampMonotonic"]), int(after[n]["ActiveEnterTimestampMonotonic"]))
              for n in range(1, NODES + 1)]
     for k in range(NODES - 1):
         assert spans[k][1] <= spans[k + 1][0], f"box {k + 2} restarted before box {k + 1} was back: {spans}"
-    # ...while the job ran: it was still running when the last box came back
-    assert right_after.get("status") == "running", \
-        f"the job was not running through the whole rolling restart: {str(right_after)[:400]}"
-    print(f"rolling restart {secs:.1f}s (job {job_id} submitted {t_submit - t0:.1f}s in); start/READY per box "
-          f"(monotonic us) {spans}; job right after: status {right_after.get('status')}")
+    return spans
 
-    # wait for the end (own loop: a stall must fail at once, wait_until would retry past it)
-    deadline, done, since = time.monotonic() + 600, -1, time.monotonic()
-    while True:
-        job = job_view(fleet, 1, job_id)
-        if job.get("status") in ("completed", "failed", "cancelled"):
-            break
-        now_done = (job.get("progress") or {}).get("done", -1)  # type: ignore[union-attr]
-        if now_done != done:
-            done, since = now_done, time.monotonic()
-        seen = {k: job.get(k) for k in ("status", "progress", "agents")}
-        if time.monotonic() - since > 120:
-            pytest.fail(f"job {job_id} stalled after the rolling restart: no progress for 120 s: {seen}\n"
-                        f"{stuck_agents_report(fleet)}")
-        assert time.monotonic() < deadline, f"job {job_id} did not end within 600 s; last seen {seen}"
-        time.sleep(1)  # poll interval
-    TIMINGS["job after the rolling run"] = time.monotonic() - t0 - secs
-    assert job["status"] == "completed", str(job)[:2000]
-    result = job.get("result") or {}
-    assert isinstance(result, dict) and result.get("prime_count") == JOB_EXPECTED, (result, JOB_EXPECTED)
-    print(f"job {job_id} completed with prime_count {result.get('prime_count')} == {JOB_EXPECTED} "
-          f"across the rolling restart; chunks {result.get('chunks')}, per node {result.get('per_node_chunks')}")
-    # the play drains each node before restarting it: its jobs are handed over, its executors
-    # finish first, so no agent starts twice (without the drain, every in-flight executor of
-    # the restarted node was replayed; mirror_neuron_drain_on_restart=false still does that)
-    runs = agent_runs(fleet, 1, job_id)
-    replayed = {a: k for a, k in runs.items() if k > 1}
-    print(f"replays across the drained rolling restart: {len(replayed)} of {len(runs)} agents")
-    assert out.count("Drain this node and wait until it is drained") >= NODES, out[-6000:]
-    assert not replayed, f"agents started more than once across the drained rolling restart: {replayed}"
+
+def play_under_stream(fleet: Fleet, inventory: Path, log_path: Path, stream: JobStream,
+                      *extra: str) -> tuple[str, float]:
+    """site.yml with ``extra`` while ``stream`` runs: it starts before the play, so the first
+    restarted node already has work, and stops when the play ends. Returns the play's output."""
+    feeder = threading.Thread(target=stream.run, daemon=True)
+    feeder.start()
+    wait_until(lambda: len(stream.open()) >= STREAM_WINDOW, 120, "the job stream to start",
+               interval=0.2)
+    argv, env = play_argv(fleet, inventory, *extra)
+    t0 = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        rc = proc.wait(timeout=900)
+    finally:
+        stream.stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        feeder.join(180)
+    out = log_path.read_text()
+    assert rc == 0 and ROLLING_PLAY in out, out[-6000:]
+    return out, time.monotonic() - t0
+
+
+def rolling_run(fleet: Fleet, inventory: Path, log_path: Path, *extra: str) -> dict[str, Any]:
+    """One rolling restart of every node (site.yml, serial 1) under a job stream; every job of
+    the stream must end exact. Returns the play output, its time, the jobs and the replays."""
+    before = {n: unit(fleet, n) for n in range(1, NODES + 1)}
+    stream = JobStream(fleet)
+    out, secs = play_under_stream(fleet, inventory, log_path, stream, *extra)
+    spans = restarted_one_at_a_time(before, {n: unit(fleet, n) for n in range(1, NODES + 1)})
+    idle = [n for n, (start_us, _) in enumerate(spans, 1) if not stream.in_flight_at(start_us / 1e6)]
+    assert not idle, f"no job of the stream in flight when box(es) {idle} restarted; spans {spans}, " \
+                     f"jobs {stream.submitted} seen open until {stream.open_at}"
+    t_end = time.monotonic()
+    try:
+        wait_until(lambda: stream.step(0) and not stream.open(), 300, "every job of the stream to end", interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: open {stream.open()}\n{stuck_agents_report(fleet)}") from None
+    assert stream.step(0, detail=True), stream.failures[-5:]
+    jobs = stream.detail
+    wrong = {j: (d["status"], d["prime_count"]) for j, d in jobs.items()
+             if d["status"] != "completed" or d["prime_count"] != STREAM_EXPECTED}
+    assert not wrong, f"jobs that did not end with {STREAM_EXPECTED} primes: {wrong}"
+    replays = {f"{j}/{a}": k for j, d in jobs.items() for a, k in d["runs"].items() if k > 1}
+    return {"out": out, "secs": secs, "tail_s": time.monotonic() - t_end, "jobs": len(jobs),
+            "agents": sum(len(d["runs"]) for d in jobs.values()), "replays": replays,
+            "step_failures": len(stream.failures)}
+
+
+def drain_results(out: str) -> list[str]:
+    """What the drain task did on each box ("changed" when it ran, "skipping" when not)."""
+    return re.findall(re.escape(DRAIN_TASK) + r"\]\s*\**\s*\n(\w+):", out)
+
+
+def report(name: str, run: dict[str, Any]) -> None:
+    print(f"rolling restart {name}: play {run['secs']:.1f}s (+{run['tail_s']:.1f}s for the last jobs), "
+          f"{run['jobs']} jobs all exact ({STREAM_EXPECTED} primes), {len(run['replays'])} replays of "
+          f"{run['agents']} agents {sorted(run['replays'])[:6]}; {run['step_failures']} stream steps "
+          f"refused by a restarting box")
+
+
+@pytest.mark.timeout(1800)  # two plays under a job stream: ~3 min on an idle machine, 15+ at load 25
+def test_rolling_restart_drains_and_replays_nothing_unlike_the_plain_restart(
+        fleet: Fleet, inventory: Path, tmp_path: Path) -> None:
+    """The same deployment and the same job stream through two rolling restarts: the play as it
+    is (each node drained first: its jobs handed over, its executors finish) and the play with
+    mirror_neuron_drain_on_restart=false (the restart as it was: in-flight executors of the
+    restarted node are stopped and replayed elsewhere). Every job ends exact in both; the
+    drained one replays no agent."""
+    drained = rolling_run(fleet, inventory, tmp_path / "drained.log", "-e", "mirror_neuron_log_level=DEBUG")
+    TIMINGS["rolling run, drained"] = drained["secs"]
+    report("drained", drained)
+    assert drain_results(drained["out"]) == ["changed"] * NODES, drained["out"][-6000:]
+    assert not drained["replays"], f"agents started more than once across the drained rolling restart: " \
+                                   f"{drained['replays']}"
+    # the log level goes back to its default: the env files change again, so every node restarts
+    plain = rolling_run(fleet, inventory, tmp_path / "plain.log", "-e", "mirror_neuron_drain_on_restart=false")
+    TIMINGS["rolling run, not drained"] = plain["secs"]
+    report("not drained", plain)
+    assert drain_results(plain["out"]) == ["skipping"] * NODES, plain["out"][-6000:]
+    print(f"replays: drained {len(drained['replays'])}, not drained {len(plain['replays'])}")
