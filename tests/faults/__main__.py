@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--max-open-jobs", type=int, default=4)
     r.add_argument("--redis", default="single", choices=("single", "sentinel"),
                    help="sentinel: a primary, two replicas and three Sentinels, with the primary faults")
+    r.add_argument("--min-acks", type=int, choices=(1, 2),
+                   help="--redis sentinel: replicas that must acknowledge every write "
+                        "(MIRROR_NEURON_REDIS_MIN_ACKS; the daemon's default is 1; see docs/faults.md)")
     c = sub.add_parser("check", help="re-run the checker over a history file")
     c.add_argument("history", type=Path)
     f = sub.add_parser("fuzz", help="fuzz the link frame decoder and handshake (hypothesis)")
@@ -50,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
         opts = Options(seed=args.seed, minutes=args.minutes, nodes=args.nodes, workdir=args.workdir,
                        keep=args.keep, appendfsync=args.appendfsync, max_open_jobs=args.max_open_jobs,
-                       redis=args.redis, faults=SENTINEL_RUN_FAULTS if args.redis == "sentinel" else FAULTS)
+                       redis=args.redis, faults=SENTINEL_RUN_FAULTS if args.redis == "sentinel" else FAULTS,
+                       node_env={"MIRROR_NEURON_REDIS_MIN_ACKS": str(args.min_acks)} if args.min_acks else None)
         if args.json is None:
             return main_run(opts)
         res = run(opts)

@@ -169,6 +169,11 @@ def run(opts: Options) -> Result:
             rc = nodes.terminate(n)
             hist.add("note", what="stopped", node=n.name, rc=rc)
         fault_counts = dict(nem.counts)
+        nem.note_primary("final heal")
+        extra = {"failovers": dict(nem.failovers), "failovers_total": sum(nem.failovers.values()),
+                 "sentinel_switches_logged": rds.switches_logged() if isinstance(rds, SentinelRedis) else 0,
+                 "submits": {"attempted": wl.submits, "acknowledged": len(wl.acked),
+                             "unacknowledged": wl.failed_submits}}
     finally:
         for s in samplers:
             s.stop()
@@ -184,7 +189,7 @@ def run(opts: Options) -> Result:
                 hist.add("note", what="processes left in namespaces were killed", pids=leftovers)
             hist.close()
     report = checker.check(read(hist_path))
-    summary = make_summary(opts, report, fault_counts, hist_path, time.monotonic() - t_begin)
+    summary = {**make_summary(opts, report, fault_counts, hist_path, time.monotonic() - t_begin), **extra}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     if report.ok and not opts.keep:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -225,7 +230,8 @@ def make_summary(opts: Options, rep: checker.Report, faults: dict[str, int], his
                  took: float) -> dict[str, Any]:
     return {
         "seed": opts.seed, "minutes": opts.minutes, "nodes": opts.nodes, "took_s": round(took, 1),
-        "redis": opts.redis, "faults": {k: faults.get(k, 0) for k in ALL_FAULTS if k in opts.faults or faults.get(k)},
+        "redis": opts.redis, "node_env": opts.node_env or {},
+        "faults": {k: faults.get(k, 0) for k in ALL_FAULTS if k in opts.faults or faults.get(k)},
         "faults_total": sum(faults.values()),
         "jobs": dict(rep.jobs), "failed_jobs": rep.failed_jobs[:20],
         "violations": [v.to_dict() for v in rep.violations], "violations_by_check": dict(rep.by_check()),
@@ -245,9 +251,20 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"{k:<16}{v:>9}")
     for fj in summary["failed_jobs"]:
         lines.append(f"  failed {fj['job']}: {fj['error']}")
-    lines += ["", f"{'check':<20}{'violations':>11}"]
     checks = ("leader_per_epoch", "stale_leader", "fenced_monotonic", "job_outcome", "rerun",
               "two_coordinators", "lost_job", "lost_ack", "daemon_exit", "final_dump")
+    if summary.get("redis") == "sentinel":
+        fo = summary.get("failovers", {})
+        lines += ["", f"{'failovers':<16}{summary.get('failovers_total', 0):>9}  (primary changes seen; by fault: "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(fo.items())) + ")",
+                  f"{'+switch-master':<16}{summary.get('sentinel_switches_logged', 0):>9}  (most any Sentinel logged)"]
+        if summary.get("node_env"):
+            lines.append(f"node environment: {summary['node_env']}")
+    if "submits" in summary:
+        sb = summary["submits"]
+        lines.append(f"submits: {sb['attempted']} attempted, {sb['acknowledged']} acknowledged (201), "
+                     f"{sb['unacknowledged']} without an answer or refused")
+    lines += ["", f"{'check':<20}{'violations':>11}"]
     for c in checks:
         lines.append(f"{c:<20}{summary['violations_by_check'].get(c, 0):>11}")
     if summary["liveness_notes"]:

@@ -317,6 +317,17 @@ class SentinelRedis:
                 return False
         return True
 
+    def switches_logged(self) -> int:
+        """Failovers the Sentinels logged (``+switch-master``): the most any one Sentinel saw
+        (a Sentinel cut off during two switches learns only the last one)."""
+        counts = []
+        for k in self.hosts:
+            try:
+                counts.append((self.dir / f"s{k}" / "sentinel.log").read_text(errors="replace").count("+switch-master"))
+            except FileNotFoundError:
+                counts.append(0)
+        return max(counts, default=0)
+
     def server_alive(self, k: int) -> bool:
         p = self.servers.get(k)
         return p is not None and p.poll() is None
