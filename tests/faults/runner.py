@@ -49,6 +49,7 @@ class Options:
     node_module: str = "mn_node.daemon"  # tests only: e.g. tests.faults.broken_node
     node_env: dict[str, str] | None = None  # extra environment for every node
     redis: str = "single"  # or "sentinel": a primary, two replicas, three Sentinels (nemesis.SENTINEL_RUN_FAULTS)
+    submit_interval: float = 1.5  # seconds between the workload's submissions (while under max_open_jobs)
 
 
 @dataclass
@@ -101,7 +102,8 @@ def run(opts: Options) -> Result:
     prefix = f"mnf{salt.randrange(16**4):04x}"
     sentinel = opts.redis == "sentinel"
     net = Net(prefix, f"10.88.{salt.randint(1, 254)}", opts.nodes, redis_hosts=3 if sentinel else 1)
-    rds: RedisProc | SentinelRedis = (SentinelRedis(net, workdir / "redis", appendfsync=opts.appendfsync) if sentinel
+    acks = int((opts.node_env or {}).get("MIRROR_NEURON_REDIS_MIN_ACKS", "1"))
+    rds: RedisProc | SentinelRedis = (SentinelRedis(net, workdir / "redis", opts.appendfsync, acks) if sentinel
                                       else RedisProc(net, workdir / "redis", appendfsync=opts.appendfsync))
     ns = f"mnf{opts.seed}x{salt.randrange(10**6)}"
     nodes = NodeSet(net, rds.url, workdir, ns, capacity=opts.capacity, node_module=opts.node_module,
@@ -133,7 +135,8 @@ def run(opts: Options) -> Result:
 
         rs = RedisSampler(hist, rds, ns)
         samplers = [*(MetricsSampler(hist, n) for n in nodes.nodes), rs]
-        wl = Workload(hist, nodes, rs, api_token(nodes.cookie.encode()), opts.seed, opts.max_open_jobs)
+        wl = Workload(hist, nodes, rs, api_token(nodes.cookie.encode()), opts.seed, opts.max_open_jobs,
+                      opts.submit_interval)
         samplers.append(wl)
         for s in samplers:
             s.start()
