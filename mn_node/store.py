@@ -56,13 +56,18 @@ class _FollowingPool(SentinelConnectionPool):
 class Script:
     """One Lua script of :mod:`mn_node.scripts` bound to a :class:`Store`:
     ``await script(keys, args)`` runs it by SHA with the store's error handling.
-    ``redis_script`` is the plain redis-py script (e.g. to queue it on a pipeline)."""
+    ``redis_script`` is the plain redis-py script (e.g. to queue it on a pipeline).
+    ``acked=False``: in replicated mode the script is *not* followed by ``WAIT``, for a
+    best-effort record nothing acts on (an attempt's log record): losing it in a failover
+    loses no lease, result or transition, and waiting for it would cost a replica round trip
+    on every executor run."""
 
-    __slots__ = ("_store", "name", "redis_script")
+    __slots__ = ("_store", "acked", "name", "redis_script")
 
-    def __init__(self, store: Store, name: str, source: str) -> None:
+    def __init__(self, store: Store, name: str, source: str, *, acked: bool = True) -> None:
         self._store = store
         self.name = name
+        self.acked = acked
         self.redis_script: AsyncScript = store.r.register_script(source)
 
     async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -88,7 +93,7 @@ class Scripts:
         self.cancel_job = Script(store, "cancel_job", scripts.CANCEL_JOB)
         self.pause_job = Script(store, "pause_job", scripts.PAUSE_JOB)
         self.prune_job = Script(store, "prune_job", scripts.PRUNE_JOB)
-        self.record_attempt = Script(store, "record_attempt", scripts.RECORD_ATTEMPT)
+        self.record_attempt = Script(store, "record_attempt", scripts.RECORD_ATTEMPT, acked=False)  # mn logs only
         self.trim_job_index = Script(store, "trim_job_index", scripts.TRIM_JOB_INDEX)
 
 
@@ -269,7 +274,7 @@ class Store:
         in replicated mode a write not acknowledged by enough replicas :class:`WriteNotReplicated`."""
         await self._settle_restart()
         try:
-            if self.replicated:
+            if self.replicated and script.acked:
                 res = await self._replicated_call(script, keys, args)
             else:
                 res = await script.redis_script(keys=list(keys), args=list(args))

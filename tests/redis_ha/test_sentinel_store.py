@@ -142,6 +142,24 @@ async def test_no_replicas_means_writes_refused_with_reason(stores: Callable[...
     await async_wait_until(lambda: _norepl(primary), 10, "the primary to refuse writes (NOREPLICAS)")
 
 
+async def test_only_the_attempt_record_skips_the_wait(stores: Callable[..., Store],
+                                                      sentinel_cluster: SentinelCluster) -> None:
+    """With a replica down and MIN_ACKS 2, every script the nodes act on is refused as not
+    acknowledged; the attempt's log record (best effort, nothing acts on it) is written
+    without a WAIT, so it costs no replica round trip."""
+    s = stores(min_acks=2)
+    m = LeaseManager(s, "a@h", "inc-a", TTL_MS, 400)
+    await granted(m, "before")
+    sentinel_cluster.servers[2].kill9()
+    with pytest.raises(WriteNotReplicated):
+        await m.acquire("after")
+    job, attempts = s.key("job", "j1"), s.key("job", "j1", "attempts")
+    await s.guard(s.r.hset(job, "status", "running"))
+    assert await s.scripts.record_attempt([job, attempts], ["a:1", "{}"]) == 1
+    assert await s.guard(s.r.hget(attempts, "a:1")) == "{}"
+    assert [n for n in vars(s.scripts) if not getattr(s.scripts, n).acked] == ["record_attempt"]
+
+
 async def _norepl(client: object) -> bool:
     try:
         client.set("probe", "1")  # type: ignore[attr-defined]
