@@ -186,6 +186,7 @@ def run(opts: Options) -> Result:
             nodes.cleanup()
             rds.stop()
             leftovers = net.destroy()
+            _keep_redis_logs(rds.dir, workdir)
             shutil.rmtree(rds.dir, ignore_errors=True)
             signal.signal(signal.SIGTERM, old_term)
             if leftovers:
@@ -197,6 +198,16 @@ def run(opts: Options) -> Result:
     if report.ok and not opts.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return Result(report, hist_path, workdir, summary)
+
+
+def _keep_redis_logs(redis_dir: Path, workdir: Path) -> None:
+    """The Redis servers' and Sentinels' logs (``+switch-master``, ``+promoted-slave``, syncs)
+    go to ``workdir/redis-logs`` next to the history, so a kept run can be followed server by
+    server; the data files go."""
+    for log in redis_dir.rglob("*.log"):
+        dest = workdir / "redis-logs" / f"{log.parent.name}-{log.name}"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copyfile(log, dest)
 
 
 def final_dump(c: redis.Redis, ns: str) -> dict[str, Any]:
