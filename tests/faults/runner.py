@@ -158,8 +158,9 @@ def run(opts: Options) -> Result:
         wl.stop()
         _log(opts, f"nemesis done ({sum(nem.counts.values())} faults); draining {rs.open_jobs()} open jobs")
         nem.settle("final heal")
-        try:
-            _wait("every acknowledged job to end", lambda: rs.open_jobs() == 0, opts.drain_timeout, 0.5)
+        try:  # the checker judges every job in Redis, so wait for those whose submit was not answered too
+            _wait("every job to end", lambda: rs.open_jobs() == 0 and not unfinished(rds.client(), ns),
+                  opts.drain_timeout, 0.5)
         except TimeoutError as e:
             hist.add("note", what=str(e), open=sorted(rs.tracked))
         nem.restart_crashed()
@@ -208,6 +209,15 @@ def _keep_redis_logs(redis_dir: Path, workdir: Path) -> None:
         dest = workdir / "redis-logs" / f"{log.parent.name}-{log.name}"
         dest.parent.mkdir(exist_ok=True)
         shutil.copyfile(log, dest)
+
+
+def unfinished(c: redis.Redis, ns: str) -> list[str]:
+    """Jobs in Redis (the primary) not yet completed, failed or cancelled."""
+    ids = c.zrange(f"{ns}:jobs", 0, -1)
+    pipe = c.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(f"{ns}:job:{job_id}", "status")
+    return [j for j, st in zip(ids, pipe.execute(), strict=True) if st not in checker.TERMINAL]
 
 
 def final_dump(c: redis.Redis, ns: str) -> dict[str, Any]:
