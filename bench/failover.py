@@ -1,7 +1,7 @@
 """Leader failover on a real 3-node cluster + real Redis, and the cost of batched lease renewal.
 
     python bench/failover.py [--kills 20] [--stops 20] [--leases 10000] [--json out.json]
-    python bench/failover.py --redis sentinel [--primary-kills 20] [--job-reps 5] [--json out.json]
+    python bench/failover.py --redis sentinel [--min-acks 1|2] [--primary-kills 20] [--job-reps 11] [--json out.json]
 
 * crash: SIGKILL the leader; time until a new leader *acts*, i.e. its first fenced write (the
   leader heartbeat ``{ns}:leader:beat``) lands in Redis with the new epoch.
@@ -156,19 +156,21 @@ class Progress:
 MARKS = ("granted", "acting", "stored", "progressing")
 
 
-def primary_failovers(c: Cluster, sc: SentinelCluster, n: int) -> dict[str, list[float]]:
+def primary_failovers(c: Cluster, sc: SentinelCluster, n: int, rejoin_at_once: bool) -> dict[str, list[float]]:
     """SIGKILL the primary n times: seconds to the first grant on the new primary, until the
     leader acts there, until a result is stored there (an executor that was running), and until
     the job progresses under a coordinator re-granted there."""
     out: dict[str, list[float]] = {k: [] for k in MARKS}
     progress = Progress(c)
     for _ in range(n):
-        for k, v in zip(MARKS, primary_failover(c, sc, progress), strict=True):
+        for k, v in zip(MARKS, primary_failover(c, sc, progress, rejoin_at_once), strict=True):
             out[k].append(v)
     return out
 
 
-def primary_failover(c: Cluster, sc: SentinelCluster, progress: Progress) -> tuple[float, ...]:
+def primary_failover(c: Cluster, sc: SentinelCluster, progress: Progress, rejoin_at_once: bool) -> tuple[float, ...]:
+    """``rejoin_at_once``: start the killed server again as soon as Sentinel has promoted a
+    replica (with MIN_ACKS 2 nothing is acknowledged until it is back: two replicas needed)."""
     lease, beat = f"{c.namespace}:lease:cluster:leader", f"{c.namespace}:leader:beat"
     _node, ep = stable(c, _primary_client(sc))
     done = progress.ready(_primary_client(sc))
@@ -178,6 +180,8 @@ def primary_failover(c: Cluster, sc: SentinelCluster, progress: Progress) -> tup
     old.kill9()
     new = wait_until(lambda: (p := sc.primary()) is not old and p, 60, "Sentinel to promote a replica",
                      interval=0.005)
+    if rejoin_at_once:
+        _rejoin(old, new)
     r = new.client()
     marks: dict[str, float] = {}
     recovered_at: list[int] = []  # agents_done when the job was first seen re-granted (its epoch up)
@@ -198,7 +202,8 @@ def primary_failover(c: Cluster, sc: SentinelCluster, progress: Progress) -> tup
         return len(marks) == len(MARKS)
 
     wait_until(watch, 60, "a grant, the leader acting and the job progressing on the new primary", interval=0.002)
-    _rejoin(old, new)
+    if not rejoin_at_once:
+        _rejoin(old, new)
     wait_until(lambda: sc.replicas_online(sc.primary()), 120,
                "the old primary to rejoin as a replica (two online replicas of the current primary)")
     return tuple(marks[k] for k in MARKS)
@@ -244,12 +249,13 @@ def main_sentinel(args: argparse.Namespace) -> None:
     single = RedisServer().start()
     sc = SentinelCluster().start()
     try:
-        ha_env = {"MIRROR_NEURON_REDIS_SENTINEL_PASSWORD": sc.sentinel_password}
+        ha_env = {"MIRROR_NEURON_REDIS_SENTINEL_PASSWORD": sc.sentinel_password,
+                  "MIRROR_NEURON_REDIS_MIN_ACKS": str(args.min_acks)}
         single_times, ha_times = job_costs(single.url, sc.url, ha_env, args.job_reps)
         c = Cluster(redis_url=sc.url, size=3, extra_env=ha_env)
         try:
             c.start_all()
-            kills = primary_failovers(c, sc, args.primary_kills)
+            kills = primary_failovers(c, sc, args.primary_kills, rejoin_at_once=args.min_acks > 1)
             cfg = c.get(1, "/api/v1/system/summary")
         finally:
             c.cleanup()
@@ -262,7 +268,8 @@ def main_sentinel(args: argparse.Namespace) -> None:
     ratio = hs["p50"] / ss["p50"]
     result = {
         "benchmark": "failover-sentinel", "nodes": 3, "redis": "1 primary + 2 replicas + 3 Sentinels",
-        "sentinel_down_after_ms": 1000, "primary_kill_to_first_grant_s": gs, "primary_kill_to_leader_acting_s": as_,
+        "sentinel_down_after_ms": 1000, "min_acks": args.min_acks,
+        "primary_kill_to_first_grant_s": gs, "primary_kill_to_leader_acting_s": as_,
         "primary_kill_to_result_stored_s": sts, "primary_kill_to_job_progressing_s": ps,
         "job_s_single_redis": ss, "job_s_sentinel": hs, "job_cost_ratio_p50": round(ratio, 3),
         "goals": {"job_cost_ratio": 1.3}, "goals_met": {"job_cost_ratio": ratio <= 1.3},
@@ -278,7 +285,8 @@ def main_sentinel(args: argparse.Namespace) -> None:
         ["primary SIGKILL -> job re-granted and progressing", ps["n"], f"{ps['p50'] * 1000:.0f} ms",
          f"{ps['p99'] * 1000:.0f} ms", "-"],
         ["job (100 agents), single Redis", ss["n"], f"{ss['p50'] * 1000:.0f} ms", f"{ss['p99'] * 1000:.0f} ms", ""],
-        ["job (100 agents), Sentinel + WAIT", hs["n"], f"{hs['p50'] * 1000:.0f} ms", f"{hs['p99'] * 1000:.0f} ms",
+        [f"job (100 agents), Sentinel + WAIT {args.min_acks}", hs["n"], f"{hs['p50'] * 1000:.0f} ms",
+         f"{hs['p99'] * 1000:.0f} ms",
          f"ratio {ratio:.2f} (<= 1.3)"],
     ]
     emit(result, table(rows, ["what", "n", "p50", "p99", "goal"]), args.json_path)
@@ -294,6 +302,8 @@ def main() -> None:
     p.add_argument("--redis", choices=["single", "sentinel"], default="single")
     p.add_argument("--primary-kills", type=int, default=20)
     p.add_argument("--job-reps", type=int, default=11)
+    p.add_argument("--min-acks", type=int, default=1, choices=(1, 2),
+                   help="--redis sentinel: MIRROR_NEURON_REDIS_MIN_ACKS of the nodes (replicas per write)")
     args = p.parse_args()
     if args.redis == "sentinel":
         main_sentinel(args)
