@@ -56,7 +56,9 @@ class _FollowingPool(SentinelConnectionPool):
 class Script:
     """One Lua script of :mod:`mn_node.scripts` bound to a :class:`Store`:
     ``await script(keys, args)`` runs it by SHA with the store's error handling.
-    ``redis_script`` is the plain redis-py script (e.g. to queue it on a pipeline)."""
+    ``redis_script`` is the plain redis-py script (e.g. to queue it on a pipeline). In
+    replicated mode every script is followed by ``WAIT`` (an attempt's log record travels in
+    the same ``store_results`` call as its result, so it costs no round trip of its own)."""
 
     __slots__ = ("_store", "name", "redis_script")
 

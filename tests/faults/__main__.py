@@ -32,6 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--max-open-jobs", type=int, default=4)
     r.add_argument("--redis", default="single", choices=("single", "sentinel"),
                    help="sentinel: a primary, two replicas and three Sentinels, with the primary faults")
+    r.add_argument("--min-acks", type=int, choices=(1, 2),
+                   help="--redis sentinel: replicas that must acknowledge every write "
+                        "(MIRROR_NEURON_REDIS_MIN_ACKS; the daemon's default is 1; see docs/faults.md)")
+    r.add_argument("--faults", help="comma-separated fault kinds instead of the full deck (e.g. primary_cut)")
+    r.add_argument("--submit-interval", type=float, default=1.5, help="seconds between submissions")
+    r.add_argument("--drain-timeout", type=float, default=240.0, help="seconds to wait for open jobs at the end")
+    r.add_argument("--node-module", default="mn_node.daemon",
+                   help="tests only: a wrapper started instead of the daemon (tests.faults.broken_ack, ...)")
     c = sub.add_parser("check", help="re-run the checker over a history file")
     c.add_argument("history", type=Path)
     f = sub.add_parser("fuzz", help="fuzz the link frame decoder and handshake (hypothesis)")
@@ -45,12 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.cmd == "run":
-        from tests.faults.nemesis import FAULTS, SENTINEL_RUN_FAULTS
+        from tests.faults.nemesis import ALL_FAULTS, FAULTS, SENTINEL_RUN_FAULTS
         from tests.faults.runner import Options, main_run, render, run
+
+        if args.faults and (bad := sorted(set(args.faults.split(",")) - set(ALL_FAULTS))):
+            print(f"--faults: unknown kind(s) {', '.join(bad)}; fix: choose from {', '.join(ALL_FAULTS)}",
+                  file=sys.stderr)
+            return 64
 
         opts = Options(seed=args.seed, minutes=args.minutes, nodes=args.nodes, workdir=args.workdir,
                        keep=args.keep, appendfsync=args.appendfsync, max_open_jobs=args.max_open_jobs,
-                       redis=args.redis, faults=SENTINEL_RUN_FAULTS if args.redis == "sentinel" else FAULTS)
+                       redis=args.redis, submit_interval=args.submit_interval, drain_timeout=args.drain_timeout,
+                       node_module=args.node_module,
+                       faults=tuple(args.faults.split(",")) if args.faults
+                       else SENTINEL_RUN_FAULTS if args.redis == "sentinel" else FAULTS,
+                       node_env={"MIRROR_NEURON_REDIS_MIN_ACKS": str(args.min_acks)} if args.min_acks else None)
         if args.json is None:
             return main_run(opts)
         res = run(opts)

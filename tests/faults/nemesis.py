@@ -38,8 +38,12 @@ SENTINEL_FAULTS = (
     "replica_kill",    # SIGKILL a replica, start it again
 )
 ALL_FAULTS = FAULTS + SENTINEL_FAULTS
-# the faults of a Sentinel run: the node faults, Redis cut from one node, and the four above
-SENTINEL_RUN_FAULTS = ("kill", "pause", "cut_peers", "cut_redis", "loss", "restart", *SENTINEL_FAULTS)
+# the faults of a Sentinel run: the node faults, Redis cut from one node, and the four above, the
+# three primary faults twice per deck (each ends in a failover only when it outlasts Sentinel's
+# down-after + election: ~2 of 3 do), so a 60-minute run gives well over 100 failovers
+PRIMARY_FAULTS = ("primary_kill", "primary_pause", "primary_cut")
+SENTINEL_RUN_FAULTS = ("kill", "pause", "cut_peers", "cut_redis", "loss", "restart", *SENTINEL_FAULTS,
+                       *PRIMARY_FAULTS)
 NODE_FAULTS = {"kill", "pause", "cut_peers", "cut_redis", "loss", "restart", "primary_cut"}
 
 
@@ -102,6 +106,8 @@ class Nemesis:
         self.settle_timeout = settle_timeout
         self.counts: Counter[str] = Counter()
         self.heal_failures = 0
+        self.failovers: Counter[str] = Counter()  # primary changes seen, by the fault they happened in
+        self.primary: str | None = rds.primary_addr() if isinstance(rds, SentinelRedis) else None
 
     def node(self, k: int) -> NodeProc:
         return self.nodes.nodes[k - 1]
@@ -121,6 +127,18 @@ class Nemesis:
         heal()
         self.hist.add("fault", phase="heal", **detail)
         self.settle(f"after {f.type} #{f.n}")
+        self.note_primary(f.type)
+
+    def note_primary(self, during: str) -> None:
+        """Sentinel mode: record a failover when the primary most Sentinels name has changed
+        since the last look (taken before every fault and after every settle)."""
+        if not isinstance(self.rds, SentinelRedis):
+            return
+        now = self.rds.primary_addr()
+        if now is not None and self.primary is not None and now != self.primary:
+            self.failovers[during] += 1
+            self.hist.add("failover", old=self.primary, new=now, during=during)
+        self.primary = now or self.primary
 
     def _inject(self, f: Fault, node: NodeProc | None) -> Callable[[], None]:
         net, nodes = self.net, self.nodes
@@ -166,6 +184,7 @@ class Nemesis:
         raise ValueError(f"unknown fault {f.type}")
 
     def _inject_sentinel(self, f: Fault, node: NodeProc | None, rds: SentinelRedis) -> Callable[[], None]:
+        self.note_primary("between faults")
         k = rds.primary_index()
         self.hist.add("note", what="redis primary before the fault", fault=f.n, primary=self.net.redis_host_addr(k))
         if f.type == "primary_kill":

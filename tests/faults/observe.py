@@ -150,6 +150,8 @@ class RedisSampler(Sampler):
         observer = getattr(self.rds, "observer_client", None)
         if observer is not None:  # Sentinel mode: a replica of the current primary, looked up every step
             self.client = observer()
+            if self.client is None:
+                return  # too few replicas linked: nothing new can be acknowledged, nothing to see
         elif self.client is None:
             self.client = self.rds.client()
         c = self.client
@@ -219,8 +221,9 @@ class Workload(Sampler):
     interval = 1.5
 
     def __init__(self, hist: History, nodes: NodeSet, rs: RedisSampler, token: str, seed: int,
-                 max_open: int = 4) -> None:
+                 max_open: int = 4, interval: float = 1.5) -> None:
         super().__init__(hist, "workload")
+        self.interval = interval
         self.nodes = nodes
         self.rs = rs
         self.token = token

@@ -49,6 +49,7 @@ class Options:
     node_module: str = "mn_node.daemon"  # tests only: e.g. tests.faults.broken_node
     node_env: dict[str, str] | None = None  # extra environment for every node
     redis: str = "single"  # or "sentinel": a primary, two replicas, three Sentinels (nemesis.SENTINEL_RUN_FAULTS)
+    submit_interval: float = 1.5  # seconds between the workload's submissions (while under max_open_jobs)
 
 
 @dataclass
@@ -101,7 +102,8 @@ def run(opts: Options) -> Result:
     prefix = f"mnf{salt.randrange(16**4):04x}"
     sentinel = opts.redis == "sentinel"
     net = Net(prefix, f"10.88.{salt.randint(1, 254)}", opts.nodes, redis_hosts=3 if sentinel else 1)
-    rds: RedisProc | SentinelRedis = (SentinelRedis(net, workdir / "redis", appendfsync=opts.appendfsync) if sentinel
+    acks = int((opts.node_env or {}).get("MIRROR_NEURON_REDIS_MIN_ACKS", "1"))
+    rds: RedisProc | SentinelRedis = (SentinelRedis(net, workdir / "redis", opts.appendfsync, acks) if sentinel
                                       else RedisProc(net, workdir / "redis", appendfsync=opts.appendfsync))
     ns = f"mnf{opts.seed}x{salt.randrange(10**6)}"
     nodes = NodeSet(net, rds.url, workdir, ns, capacity=opts.capacity, node_module=opts.node_module,
@@ -133,7 +135,8 @@ def run(opts: Options) -> Result:
 
         rs = RedisSampler(hist, rds, ns)
         samplers = [*(MetricsSampler(hist, n) for n in nodes.nodes), rs]
-        wl = Workload(hist, nodes, rs, api_token(nodes.cookie.encode()), opts.seed, opts.max_open_jobs)
+        wl = Workload(hist, nodes, rs, api_token(nodes.cookie.encode()), opts.seed, opts.max_open_jobs,
+                      opts.submit_interval)
         samplers.append(wl)
         for s in samplers:
             s.start()
@@ -155,8 +158,9 @@ def run(opts: Options) -> Result:
         wl.stop()
         _log(opts, f"nemesis done ({sum(nem.counts.values())} faults); draining {rs.open_jobs()} open jobs")
         nem.settle("final heal")
-        try:
-            _wait("every acknowledged job to end", lambda: rs.open_jobs() == 0, opts.drain_timeout, 0.5)
+        try:  # the checker judges every job in Redis, so wait for those whose submit was not answered too
+            _wait("every job to end", lambda: rs.open_jobs() == 0 and not unfinished(rds.client(), ns),
+                  opts.drain_timeout, 0.5)
         except TimeoutError as e:
             hist.add("note", what=str(e), open=sorted(rs.tracked))
         nem.restart_crashed()
@@ -169,6 +173,11 @@ def run(opts: Options) -> Result:
             rc = nodes.terminate(n)
             hist.add("note", what="stopped", node=n.name, rc=rc)
         fault_counts = dict(nem.counts)
+        nem.note_primary("final heal")
+        extra = {"failovers": dict(nem.failovers), "failovers_total": sum(nem.failovers.values()),
+                 "sentinel_switches_logged": rds.switches_logged() if isinstance(rds, SentinelRedis) else 0,
+                 "submits": {"attempted": wl.submits, "acknowledged": len(wl.acked),
+                             "unacknowledged": wl.failed_submits}}
     finally:
         for s in samplers:
             s.stop()
@@ -178,17 +187,37 @@ def run(opts: Options) -> Result:
             nodes.cleanup()
             rds.stop()
             leftovers = net.destroy()
+            _keep_redis_logs(rds.dir, workdir)
             shutil.rmtree(rds.dir, ignore_errors=True)
             signal.signal(signal.SIGTERM, old_term)
             if leftovers:
                 hist.add("note", what="processes left in namespaces were killed", pids=leftovers)
             hist.close()
     report = checker.check(read(hist_path))
-    summary = make_summary(opts, report, fault_counts, hist_path, time.monotonic() - t_begin)
+    summary = {**make_summary(opts, report, fault_counts, hist_path, time.monotonic() - t_begin), **extra}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     if report.ok and not opts.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return Result(report, hist_path, workdir, summary)
+
+
+def _keep_redis_logs(redis_dir: Path, workdir: Path) -> None:
+    """The Redis servers' and Sentinels' logs (``+switch-master``, ``+promoted-slave``, syncs)
+    go to ``workdir/redis-logs`` next to the history, so a kept run can be followed server by
+    server; the data files go."""
+    for log in redis_dir.rglob("*.log"):
+        dest = workdir / "redis-logs" / f"{log.parent.name}-{log.name}"
+        dest.parent.mkdir(exist_ok=True)
+        shutil.copyfile(log, dest)
+
+
+def unfinished(c: redis.Redis, ns: str) -> list[str]:
+    """Jobs in Redis (the primary) not yet completed, failed or cancelled."""
+    ids = c.zrange(f"{ns}:jobs", 0, -1)
+    pipe = c.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(f"{ns}:job:{job_id}", "status")
+    return [j for j, st in zip(ids, pipe.execute(), strict=True) if st not in checker.TERMINAL]
 
 
 def final_dump(c: redis.Redis, ns: str) -> dict[str, Any]:
@@ -225,7 +254,8 @@ def make_summary(opts: Options, rep: checker.Report, faults: dict[str, int], his
                  took: float) -> dict[str, Any]:
     return {
         "seed": opts.seed, "minutes": opts.minutes, "nodes": opts.nodes, "took_s": round(took, 1),
-        "redis": opts.redis, "faults": {k: faults.get(k, 0) for k in ALL_FAULTS if k in opts.faults or faults.get(k)},
+        "redis": opts.redis, "node_env": opts.node_env or {},
+        "faults": {k: faults.get(k, 0) for k in ALL_FAULTS if k in opts.faults or faults.get(k)},
         "faults_total": sum(faults.values()),
         "jobs": dict(rep.jobs), "failed_jobs": rep.failed_jobs[:20],
         "violations": [v.to_dict() for v in rep.violations], "violations_by_check": dict(rep.by_check()),
@@ -245,9 +275,20 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"{k:<16}{v:>9}")
     for fj in summary["failed_jobs"]:
         lines.append(f"  failed {fj['job']}: {fj['error']}")
-    lines += ["", f"{'check':<20}{'violations':>11}"]
     checks = ("leader_per_epoch", "stale_leader", "fenced_monotonic", "job_outcome", "rerun",
               "two_coordinators", "lost_job", "lost_ack", "daemon_exit", "final_dump")
+    if summary.get("redis") == "sentinel":
+        fo = summary.get("failovers", {})
+        lines += ["", f"{'failovers':<16}{summary.get('failovers_total', 0):>9}  (primary changes seen; by fault: "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(fo.items())) + ")",
+                  f"{'+switch-master':<16}{summary.get('sentinel_switches_logged', 0):>9}  (most any Sentinel logged)"]
+        if summary.get("node_env"):
+            lines.append(f"node environment: {summary['node_env']}")
+    if "submits" in summary:
+        sb = summary["submits"]
+        lines.append(f"submits: {sb['attempted']} attempted, {sb['acknowledged']} acknowledged (201), "
+                     f"{sb['unacknowledged']} without an answer or refused")
+    lines += ["", f"{'check':<20}{'violations':>11}"]
     for c in checks:
         lines.append(f"{c:<20}{summary['violations_by_check'].get(c, 0):>11}")
     if summary["liveness_notes"]:

@@ -208,6 +208,7 @@ class SentinelRedis:
     net: Net
     dir: Path
     appendfsync: str = "always"
+    min_acks: int = 1  # MIRROR_NEURON_REDIS_MIN_ACKS of the nodes: which replica the observer reads
     servers: dict[int, subprocess.Popen[bytes] | None] = field(default_factory=dict)
     sentinels: dict[int, subprocess.Popen[bytes] | None] = field(default_factory=dict)
 
@@ -237,10 +238,16 @@ class SentinelRedis:
                 votes.append(str(got[0]))
         return max(set(votes), key=votes.count) if votes else None
 
-    def observer_client(self, timeout: float = 1.0) -> redis.Redis:
-        """A replica of the current primary (else the primary): what it shows has been
-        replicated, so an unacknowledged write on a cut-off primary is never taken as done."""
+    def observer_client(self, timeout: float = 1.0) -> redis.Redis | None:
+        """What the nodes were told is acknowledged: a replica of the current primary, chosen by
+        the acknowledgement rule (``min_acks`` of the two replicas): with 1, the most advanced
+        replica in sync (a write any replica has was acknowledged); with 2, the least advanced
+        (a write both have). None when fewer than ``min_acks`` replicas are linked to the
+        primary: the sampler then observes nothing, because nothing new can be acknowledged and
+        the primary itself holds writes no replica has (never read it: a write the nodes were
+        refused would be taken as done)."""
         primary = self.primary_addr()
+        linked: list[tuple[int, redis.Redis]] = []
         for k in self.hosts:
             addr = self.net.redis_host_addr(k)
             if addr == primary or not self.server_alive(k):
@@ -251,8 +258,11 @@ class SentinelRedis:
             except (redis.RedisError, OSError):
                 continue
             if info.get("master_host") == primary and info.get("master_link_status") == "up":
-                return c
-        return self.client(timeout)
+                linked.append((int(info.get("slave_repl_offset", 0)), c))
+        if len(linked) < self.min_acks:
+            return None
+        linked.sort(key=lambda oc: oc[0])
+        return linked[0][1] if self.min_acks > 1 else linked[-1][1]
 
     def primary_index(self) -> int:
         addr = self.primary_addr() or self.net.redis_host_addr(1)
@@ -316,6 +326,17 @@ class SentinelRedis:
             if int(st.get("num-slaves", 0)) < want or int(st.get("num-other-sentinels", 0)) < want:
                 return False
         return True
+
+    def switches_logged(self) -> int:
+        """Failovers the Sentinels logged (``+switch-master``): the most any one Sentinel saw
+        (a Sentinel cut off during two switches learns only the last one)."""
+        counts = []
+        for k in self.hosts:
+            try:
+                counts.append((self.dir / f"s{k}" / "sentinel.log").read_text(errors="replace").count("+switch-master"))
+            except FileNotFoundError:
+                counts.append(0)
+        return max(counts, default=0)
 
     def server_alive(self, k: int) -> bool:
         p = self.servers.get(k)
