@@ -69,7 +69,9 @@ IGNORED_TOP_KEYS = ("metadata", "reload")
 HOST_LOCAL = "MirrorNeuron.Runner.HostLocal"
 # ids end up in job ids, Redis keys and file names
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-MAX_AGENTS = 10_000
+# agents in one job: a 100k-agent job is supported (its spec is stored compressed, its agents are
+# read in pages); past this a manifest is refused with one problem before anything else is checked
+MAX_AGENTS = 250_000
 MAX_RESTARTS = 100
 MAX_TASK_TIMEOUT_S = 86_400
 
@@ -235,6 +237,11 @@ def normalize(raw: Any, check: _Check, payloads: Path | None = None) -> dict[str
     elif not ID_RE.match(str(graph_id)):
         check.bad("graph_id", f"{str(graph_id)[:80]!r} has bad characters; fix: use letters, digits, _ . : - "
                               "(at most 128)")
+    if isinstance(raw.get("nodes"), list) and len(raw["nodes"]) > MAX_AGENTS:
+        # one problem and stop: checking the edges of nodes left unread would report each as dangling
+        check.bad("nodes", f"{len(raw['nodes'])} agents exceed the limit of {MAX_AGENTS} per job; "
+                           "fix: split the work into several jobs")
+        return None
     job_name = raw.get("job_name", graph_id)
     if job_name is not None and (not isinstance(job_name, str) or len(job_name) > 200):
         check.bad("job_name", "must be a string of at most 200 characters")
@@ -256,9 +263,6 @@ def _nodes(raw: Any, check: _Check, payloads: Path | None) -> list[dict[str, Any
     if not isinstance(raw, list) or not raw:
         check.bad("nodes", "missing or empty; fix: list the agents, e.g. [{\"node_id\": \"a\", "
                            "\"agent_type\": \"executor\", ...}]")
-        return []
-    if len(raw) > MAX_AGENTS:
-        check.bad("nodes", f"{len(raw)} agents exceed the limit of {MAX_AGENTS}; fix: split the job")
         return []
     out: list[dict[str, Any] | None] = []
     seen: set[str] = set()
