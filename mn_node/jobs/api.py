@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from mn_node.jobs.state import (
     list_jobs,
     pause_job,
     prune_jobs,
+    read_spec,
 )
 from mn_node.jobs.submit import submit_job
 from mn_node.leases import Holder
@@ -59,6 +61,9 @@ async def submit(request: web.Request) -> web.Response:
     try:
         body = await read_json(request)
     except web.HTTPException as e:
+        if e.status == 413:
+            return error(413, e.reason, "submit a big job as a blueprint, or as a bundle (mn run DIR: its manifest "
+                                        "is uploaded in the bundle's archive), or split it")
         return error(e.status, e.reason, 'send {"blueprint": "prime_sweep_scale", "params": {...}} '
                      'or {"manifest": {...}}')
     if not isinstance(body, dict):
@@ -108,6 +113,13 @@ async def job_or_404(request: web.Request) -> tuple[str, dict[str, str]] | web.R
     return job_id, h
 
 
+# a running job's agents are counted (one HSCAN walk over its states) only up to this size; a
+# bigger one shows progress (agents_done / agents_total) and is counted on ?counts=1 or once ended
+COUNT_LIMIT = 5000
+_COUNTS: OrderedDict[str, dict[str, int]] = OrderedDict()  # ended jobs' counts (they never change)
+_COUNTS_SIZE = 256
+
+
 async def status_counts(store: Store, job_id: str) -> dict[str, int]:
     """Agents per status, read a thousand states at a time (HSCAN): a big job's states are
     never held at once."""
@@ -124,14 +136,33 @@ async def status_counts(store: Store, job_id: str) -> dict[str, int]:
             return counts
 
 
+async def job_counts(store: Store, job_id: str, h: dict[str, str], asked: bool) -> dict[str, int] | None:
+    """Agents per status for the job view: a small job's always, a big one's when ``asked`` or
+    ended (then kept: an ended job's states never change); else None (its progress says enough)."""
+    ended = h.get("status") in TERMINAL
+    if ended and job_id in _COUNTS:
+        _COUNTS.move_to_end(job_id)
+        return _COUNTS[job_id]
+    if not (asked or ended or int(h.get("agents_total", "0") or 0) <= COUNT_LIMIT):
+        return None
+    counts = await status_counts(store, job_id)
+    if ended:
+        _COUNTS[job_id] = counts
+        while len(_COUNTS) > _COUNTS_SIZE:
+            _COUNTS.popitem(last=False)
+    return counts
+
+
 async def job(request: web.Request) -> web.Response:
     found = await job_or_404(request)
     if isinstance(found, web.Response):
         return found
     job_id, h = found
     node = _node(request)
-    view = job_view(h, with_spec=request.query.get("manifest") == "1")
-    view["agents"] = await status_counts(node.store, job_id)
+    view = job_view(h)
+    if request.query.get("manifest") == "1":
+        view["manifest"] = await read_spec(node.store, job_id)
+    view["agents"] = await job_counts(node.store, job_id, h, request.query.get("counts") == "1")
     if request.query.get("agents") == "1":  # every agent at once: for tests and small jobs
         states = await agent_states(node.store, job_id)
         runs = await node.store.guard(node.store.r.hgetall(JobKeys(node.store, job_id).runs))
@@ -164,7 +195,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             after = ev["id"]
         if status in TERMINAL and not batch:
             break
-        status = (await get_job(node.store, job_id)).get("status")
+        status = await node.store.guard(node.store.r.hget(JobKeys(node.store, job_id).job, "status"))
         if not batch:
             await asyncio.sleep(0.25)
     await resp.write_eof()

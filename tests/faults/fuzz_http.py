@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TIMEOUT = 8.0
-HUGE = 9 * 1024 * 1024  # over the API's client_max_size (8 MiB)
+HUGE = MAX_BODY + 1024 * 1024  # over the API's body cap (mn_node.api.MAX_BODY)
 
 
 @dataclass
