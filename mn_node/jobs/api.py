@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
@@ -113,11 +112,9 @@ async def job_or_404(request: web.Request) -> tuple[str, dict[str, str]] | web.R
     return job_id, h
 
 
-# a running job's agents are counted (one HSCAN walk over its states) only up to this size; a
-# bigger one shows progress (agents_done / agents_total) and is counted on ?counts=1 or once ended
+# a job's agents are counted per status (one HSCAN walk over its states) up to this size; a
+# bigger job's view shows its progress (agents_done / agents_total) and is counted on ?counts=1
 COUNT_LIMIT = 5000
-_COUNTS: OrderedDict[str, dict[str, int]] = OrderedDict()  # ended jobs' counts (they never change)
-_COUNTS_SIZE = 256
 
 
 async def status_counts(store: Store, job_id: str) -> dict[str, int]:
@@ -136,23 +133,6 @@ async def status_counts(store: Store, job_id: str) -> dict[str, int]:
             return counts
 
 
-async def job_counts(store: Store, job_id: str, h: dict[str, str], asked: bool) -> dict[str, int] | None:
-    """Agents per status for the job view: a small job's always, a big one's when ``asked`` or
-    ended (then kept: an ended job's states never change); else None (its progress says enough)."""
-    ended = h.get("status") in TERMINAL
-    if ended and job_id in _COUNTS:
-        _COUNTS.move_to_end(job_id)
-        return _COUNTS[job_id]
-    if not (asked or ended or int(h.get("agents_total", "0") or 0) <= COUNT_LIMIT):
-        return None
-    counts = await status_counts(store, job_id)
-    if ended:
-        _COUNTS[job_id] = counts
-        while len(_COUNTS) > _COUNTS_SIZE:
-            _COUNTS.popitem(last=False)
-    return counts
-
-
 async def job(request: web.Request) -> web.Response:
     found = await job_or_404(request)
     if isinstance(found, web.Response):
@@ -162,7 +142,8 @@ async def job(request: web.Request) -> web.Response:
     view = job_view(h)
     if request.query.get("manifest") == "1":
         view["manifest"] = await read_spec(node.store, job_id)
-    view["agents"] = await job_counts(node.store, job_id, h, request.query.get("counts") == "1")
+    small = int(h.get("agents_total", "0") or 0) <= COUNT_LIMIT
+    view["agents"] = await status_counts(node.store, job_id) if small or request.query.get("counts") == "1" else None
     if request.query.get("agents") == "1":  # every agent at once: for tests and small jobs
         states = await agent_states(node.store, job_id)
         runs = await node.store.guard(node.store.r.hgetall(JobKeys(node.store, job_id).runs))
