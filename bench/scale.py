@@ -332,7 +332,8 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     s = res["small_jobs"]
     out.append((f"{s['jobs']} jobs of {s['agents_per_job']} agents", f"{s['jobs_per_s']:.1f} jobs/s",
                 f"Pool {s['pool']['tasks_per_s'] / SMALL_WORKERS:.0f} jobs/s",
-                f"{s['finished']} finished, {'exact' if s['exact'] else 'NOT exact'}; goal >= 200"))
+                f"{s['finished']} finished{f', {r} refused' if (r := s['submit_errors']) else ''}, "
+                f"{'exact' if s['wrong_counts'] == 0 else 'NOT exact'}; goal >= 200"))
     k = res["owner_kill"]
     if k.get("reached_half"):
         out.append((f"owner SIGKILL at 50 % of {k['agents']} agents", f"{k['recovery_s']:.2f}s to progress",
