@@ -10,6 +10,7 @@ never the daemon itself.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -67,6 +68,10 @@ log = logging.getLogger("mn_node.api")
 _HTTP_STATUS = {EX_USAGE: 400, EX_DATAERR: 400, EX_UNAVAILABLE: 503, EX_TEMPFAIL: 503}
 
 NODE_KEY: web.AppKey[NodeAPI] = web.AppKey("node")
+# a JSON body's cap: a manifest of 100k agents posted as JSON is ~40 MB (bodies are read only
+# after the bearer token is checked); past it the answer is 413 naming the cap
+MAX_BODY = 64 * 1024 * 1024
+BIG_BODY = 1 << 20  # bodies past this are parsed off the event loop
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -117,7 +122,13 @@ async def read_json(request: web.Request) -> Any:
     """The request body as JSON; raises :class:`web.HTTPException` (answered as a JSON 4xx by
     the middleware) for a body that is not JSON, not in its declared charset, or too deep."""
     try:
-        return await request.json(loads=json.loads)
+        raw = await request.read()
+        text = raw.decode(request.charset or "utf-8")
+        return await asyncio.to_thread(json.loads, text) if len(raw) > BIG_BODY else json.loads(text)
+    except web.HTTPRequestEntityTooLarge:
+        raise web.HTTPRequestEntityTooLarge(
+            max_size=MAX_BODY, actual_size=request.content_length or MAX_BODY + 1,
+            reason=f"body over the cap of {MAX_BODY // (1024 * 1024)} MiB") from None
     except LookupError:
         raise web.HTTPUnsupportedMediaType(reason=f"unknown charset {ascii(request.charset)[:60]}") from None
     except UnicodeDecodeError as e:
@@ -196,8 +207,8 @@ def server_ssl_context(tls: ApiTls) -> ssl.SSLContext | None:
 
 
 def build_app(node: NodeAPI, extra: Callable[[web.Application], None] | None = None) -> web.Application:
-    # bodies past 8 MiB are refused, except a bundle upload, which reads its stream with its own cap
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=8 * 1024 * 1024)
+    # bodies past MAX_BODY are refused (413), except a bundle upload, which reads its stream with its own cap
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_BODY)
     app[NODE_KEY] = node
     app.router.add_get("/api/v1/health", health)
     app.router.add_get("/api/v1/system/summary", summary)

@@ -29,6 +29,10 @@ from mn_node.membership import Member, Membership
 from mn_node.store import Store
 
 INDEX_TRIM_EVERY_S = 5.0
+# a storm of kicks (hundreds of submits a second) re-reads every active job's lease at most this
+# often; a pass in between reads only the jobs not seen leased by a live node (the new ones), so
+# a kick costs O(new jobs), not O(active jobs). A membership change forces a full pass.
+FULL_PASS_EVERY_S = 0.1
 INDEX_TRIM_BATCH = 1000
 
 log = logging.getLogger("mn_node.placement")
@@ -57,6 +61,8 @@ class Placement:
         self.tick = leases.renew_ms / 1000
         self.grace = leases.ttl_ms / 1000
         self._free_since: dict[str, float] = {}
+        self._held: set[str] = set()  # jobs whose lease a live node held at this node's last look
+        self._last_full = -FULL_PASS_EVERY_S
         self._wake = asyncio.Event()
         self.sweeps = 0
         self.index_trimmed = 0  # expired job ids the leader dropped from the job indexes
@@ -68,6 +74,7 @@ class Placement:
         self.drain = DrainControl(node, store, runtime, members, election, self.kick_all)
 
     def _on_change(self, m: Member) -> None:
+        self._last_full = -FULL_PASS_EVERY_S  # a holder may be gone: look at every job again
         self._wake.set()
 
     def kick_all(self) -> None:
@@ -94,12 +101,19 @@ class Placement:
         draining = await self.drain.poll()
         await self._trim_index()
         active: set[str] = await self.store.guard(self.store.r.smembers(self.store.key("jobs", "active")))
-        candidates = sorted(j for j in active if j not in self.rt.coordinators)
+        now = time.monotonic()
+        full = now - self._last_full >= FULL_PASS_EVERY_S
+        if full:
+            self._last_full = now
+        self._held &= active
+        candidates = sorted(j for j in active if j not in self.rt.coordinators and (full or j not in self._held))
         for j in list(self._free_since):
             if j not in active:
                 del self._free_since[j]
+        # jobs skipped by a partial pass are looked at again by the full pass that follows soon
+        delay = self.tick if full or not self._held else min(self.tick, self._last_full + FULL_PASS_EVERY_S - now)
         if not candidates:
-            return self.tick
+            return delay
         pipe = self.store.r.pipeline(transaction=False)
         for j in candidates:
             key = self.leases.lease_key(f"job:{j}")
@@ -108,12 +122,13 @@ class Placement:
         res = await self.store.guard(pipe.execute())
         up = self.members.up_names()
         ranked = [n for n in up if n not in draining]  # a draining node takes no job
-        now = time.monotonic()
-        delay = self.tick
         for i, job_id in enumerate(candidates):
             token, pttl = res[2 * i], res[2 * i + 1]
+            self._held.discard(job_id)
             if token:
                 self._free_since.pop(job_id, None)
+                if Holder(str(token), 0).node in up:
+                    self._held.add(job_id)
                 if rendezvous(job_id, ranked)[:1] == [self.node] and Holder(str(token), 0).node not in up \
                         and int(pttl) >= 0:
                     delay = min(delay, int(pttl) / 1000 + 0.002)  # be there the moment it expires

@@ -30,6 +30,7 @@ log = logging.getLogger("mn_node.store")
 # Length cap (approximate MAXLEN) of every events stream: the cluster's and each job's.
 EVENTS_MAXLEN = 10_000
 BINARY_OP_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 2048  # per client (pool) of a node; Redis accepts 10,000 clients by default
 
 
 class WriteNotReplicated(RedisUnavailable):
@@ -148,9 +149,11 @@ class Store:
         # No silent retries: a failed command surfaces at once (as RedisUnavailable), so
         # a lease holder never has a renewal or fenced write retried behind its back past
         # its local deadline, and every caller decides itself whether to try again.
+        # max_connections: the client's default (100) is exhausted by a few hundred concurrent jobs,
+        # and an exhausted pool reads as "Redis unreachable" (503s, results not stored)
         kw: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": self.op_timeout,
                               "decode_responses": decode, "retry": Retry(NoBackoff(), 0),
-                              "health_check_interval": 0}
+                              "health_check_interval": 0, "max_connections": MAX_CONNECTIONS}
         if self.sentinel is None or self.sentinel_url is None:
             return aioredis.Redis.from_url(self.url, **kw)
         client: aioredis.Redis = self.sentinel.master_for(

@@ -69,8 +69,11 @@ IGNORED_TOP_KEYS = ("metadata", "reload")
 HOST_LOCAL = "MirrorNeuron.Runner.HostLocal"
 # ids end up in job ids, Redis keys and file names
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
-MAX_AGENTS = 10_000
+# agents in one job: a 100k-agent job is supported (its spec is stored compressed, its agents are
+# read in pages); past this a manifest is refused with one problem before anything else is checked
+MAX_AGENTS = 250_000
 MAX_RESTARTS = 100
+MAX_FINDINGS = 100  # problems (and warnings) listed one by one; past it one line counts the rest
 MAX_TASK_TIMEOUT_S = 86_400
 
 
@@ -113,16 +116,46 @@ class Validation:
 
 
 class _Check:
+    """Collects findings: at most MAX_FINDINGS of each kind are listed (a manifest of 100k bad
+    agents gives a readable answer, not megabytes); a warning many fields repeat word for word
+    (:meth:`warn_each`) is listed once with its count. :meth:`finish` adds those lines."""
+
     def __init__(self, known: Known | None = None) -> None:
         self.warnings: list[Finding] = []
         self.problems: list[Finding] = []
         self.known = known or Known()
+        self._unlisted = {"problems": 0, "warnings": 0}
+        self._repeated: dict[str, list[Any]] = {}  # message -> [first path, count]
 
     def bad(self, path: str, message: str) -> None:
-        self.problems.append(Finding(path, message))
+        if len(self.problems) < MAX_FINDINGS:
+            self.problems.append(Finding(path, message))
+        else:
+            self._unlisted["problems"] += 1
 
     def warn(self, path: str, message: str) -> None:
-        self.warnings.append(Finding(path, message))
+        if len(self.warnings) < MAX_FINDINGS:
+            self.warnings.append(Finding(path, message))
+        else:
+            self._unlisted["warnings"] += 1
+
+    def warn_each(self, path: str, message: str) -> None:
+        seen = self._repeated.get(message)
+        if seen is None:
+            self._repeated[message] = [path, 1]
+        else:
+            seen[1] += 1
+
+    def finish(self) -> None:
+        for message, (path, n) in self._repeated.items():
+            self.warn(path if n == 1 else f"{path} and {n - 1} more like it", message)
+        self._repeated.clear()
+        if self._unlisted["problems"]:
+            self.problems.append(Finding("", f"{self._unlisted['problems']} more problems not listed; "
+                                             "fix: correct those above and validate again"))
+        if self._unlisted["warnings"]:
+            self.warnings.append(Finding("", f"{self._unlisted['warnings']} more warnings not listed"))
+        self._unlisted = {"problems": 0, "warnings": 0}
 
 
 def find_manifest(bundle: Path) -> Path | None:
@@ -174,6 +207,7 @@ def validate_bundle(path: Path, *, max_bytes: int | None = None) -> Validation:
     normalized = None
     if parsed:
         normalized = normalize(raw, check, payloads=path / "payloads")
+    check.finish()
     return Validation(normalized if not check.problems else None, check.warnings, check.problems, manifest_file)
 
 
@@ -181,6 +215,7 @@ def validate_manifest(raw: Any, payloads: Path | None = None, known: Known | Non
     """Validate an already decoded manifest (no files checked unless ``payloads`` is given)."""
     check = _Check(known)
     normalized = normalize(raw, check, payloads=payloads)
+    check.finish()
     return Validation(normalized if not check.problems else None, check.warnings, check.problems)
 
 
@@ -235,6 +270,11 @@ def normalize(raw: Any, check: _Check, payloads: Path | None = None) -> dict[str
     elif not ID_RE.match(str(graph_id)):
         check.bad("graph_id", f"{str(graph_id)[:80]!r} has bad characters; fix: use letters, digits, _ . : - "
                               "(at most 128)")
+    if isinstance(raw.get("nodes"), list) and len(raw["nodes"]) > MAX_AGENTS:
+        # one problem and stop: checking the edges of nodes left unread would report each as dangling
+        check.bad("nodes", f"{len(raw['nodes'])} agents exceed the limit of {MAX_AGENTS} per job; "
+                           "fix: split the work into several jobs")
+        return None
     job_name = raw.get("job_name", graph_id)
     if job_name is not None and (not isinstance(job_name, str) or len(job_name) > 200):
         check.bad("job_name", "must be a string of at most 200 characters")
@@ -256,9 +296,6 @@ def _nodes(raw: Any, check: _Check, payloads: Path | None) -> list[dict[str, Any
     if not isinstance(raw, list) or not raw:
         check.bad("nodes", "missing or empty; fix: list the agents, e.g. [{\"node_id\": \"a\", "
                            "\"agent_type\": \"executor\", ...}]")
-        return []
-    if len(raw) > MAX_AGENTS:
-        check.bad("nodes", f"{len(raw)} agents exceed the limit of {MAX_AGENTS}; fix: split the job")
         return []
     out: list[dict[str, Any] | None] = []
     seen: set[str] = set()
@@ -377,7 +414,8 @@ def _executor(path: str, node_id: str, config: Mapping[str, Any], check: _Check,
     if module is not None and module != HOST_LOCAL:
         check.warn(f"{path}.runner_module", f"{module!r}: commands run on the node itself (host-local)")
     for key, low in (("max_attempts", 1), ("retry_backoff_ms", 0), ("startup_delay_ms", 0), ("pool_slots", 1)):
-        _nonneg_int(path, config, key, check, low)
+        if key in config:
+            _nonneg_int(path, config, key, check, low)
     t = config.get("timeout_seconds")
     if t is not None and (not isinstance(t, (int, float)) or isinstance(t, bool) or t <= 0):
         check.bad(f"{path}.timeout_seconds", f"{t!r} is not a positive number of seconds")
@@ -463,24 +501,26 @@ def _edges(raw: Any, check: _Check, ids: set[str]) -> list[dict[str, Any]]:
         return []
     out = []
     for i, edge in enumerate(raw):
-        path = f"edges[{i}]"
         if not isinstance(edge, dict):
-            check.bad(path, "must be an object {edge_id, from_node, to_node, message_type}")
+            check.bad(f"edges[{i}]", "must be an object {edge_id, from_node, to_node, message_type}")
             continue
-        for end in ("from_node", "to_node"):
-            if not isinstance(edge.get(end), str) or edge.get(end) not in ids:
-                check.bad(f"{path}.{end}", f"dangling edge: {edge.get(end)!r} is not a node of this graph; "
-                                          "fix: point it at a node_id listed in nodes")
-        if not _is_str(edge.get("message_type")):
-            check.warn(f"{path}.message_type", "missing: this edge carries every message its source sends")
+        ends = {"from_node": edge.get("from_node"), "to_node": edge.get("to_node")}
+        for end, v in ends.items():
+            if not isinstance(v, str) or v not in ids:
+                check.bad(f"edges[{i}].{end}", f"dangling edge: {v!r} is not a node of this graph; "
+                                               "fix: point it at a node_id listed in nodes")
+                ends[end] = v if isinstance(v, str) else None
+        message_type = edge.get("message_type")
+        if not _is_str(message_type):
+            check.warn_each(f"edges[{i}].message_type", "missing: this edge carries every message its source sends")
         mode = edge.get("routing_mode", "broadcast")
         if mode != "broadcast":
-            check.warn(f"{path}.routing_mode", f"{mode!r} not acted on: messages go to every edge of their type")
+            check.warn_each(f"edges[{i}].routing_mode",
+                            f"{mode!r} not acted on: messages go to every edge of their type")
         for key in IGNORED_EDGE_KEYS:
             if key in edge:
-                check.warn(f"{path}.{key}", "accepted but not acted on")
-        ends = {end: edge.get(end) if isinstance(edge.get(end), str) else None for end in ("from_node", "to_node")}
-        out.append({"edge_id": edge.get("edge_id") or f"edge_{i}", **ends, "message_type": edge.get("message_type")})
+                check.warn_each(f"edges[{i}].{key}", "accepted but not acted on")
+        out.append({"edge_id": edge.get("edge_id") or f"edge_{i}", **ends, "message_type": message_type})
     return out
 
 
@@ -568,10 +608,11 @@ def _check_graph(check: _Check, ids: list[str], edges: list[dict[str, Any]], ent
             if nxt not in reach:
                 reach.add(nxt)
                 stack.append(nxt)
-    for node_id in ids:
-        if entrypoints and node_id not in reach:
-            check.warn("nodes", f"node {node_id!r} is reached from no entrypoint by an edge: it runs only if "
-                                "a message is sent to it by name (emit_messages with 'to')")
+    if entrypoints:
+        for node_id in ids:
+            if node_id not in reach:
+                check.warn("nodes", f"node {node_id!r} is reached from no entrypoint by an edge: it runs only if "
+                                    "a message is sent to it by name (emit_messages with 'to')")
 
 
 def _find_cycle(graph: Mapping[str, list[str]]) -> list[str]:

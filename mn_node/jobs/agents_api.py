@@ -26,14 +26,14 @@ from aiohttp import web
 
 from mn_node.api import NODE_KEY, NodeAPI, error, json_response
 from mn_node.jobs.api import job_or_404
-from mn_node.jobs.state import AgentState
+from mn_node.jobs.state import AgentState, read_spec
 from mn_node.store import Store
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 200
 MAX_CANDIDATES = 500  # attempt records looked up for one agent
-_SPEC_CACHE: OrderedDict[str, dict[str, str]] = OrderedDict()
-_SPEC_CACHE_SIZE = 16
+_TYPES_CACHE: OrderedDict[str, dict[str, str]] = OrderedDict()
+_TYPES_CACHE_AGENTS = 500_000
 
 
 def _node(request: web.Request) -> NodeAPI:
@@ -44,24 +44,23 @@ def attempts_key(store: Store, job_id: str) -> str:
     return store.key("job", job_id, "attempts")
 
 
-def agent_specs(job_id: str, spec_json: str | None) -> dict[str, str]:
-    """agent id -> agent type from the job's stored manifest; cached (a job's manifest never
-    changes), so paging a big job does not parse it per page."""
-    cached = _SPEC_CACHE.get(job_id)
+async def agent_types(store: Store, job_id: str) -> dict[str, str]:
+    """agent id -> agent type from the job's stored manifest, read (and decompressed) once per
+    job: a job's manifest never changes, so paging a big job does not read it per page. The
+    cache holds at most ``_TYPES_CACHE_AGENTS`` agents over its jobs."""
+    cached = _TYPES_CACHE.get(job_id)
     if cached is not None:
-        _SPEC_CACHE.move_to_end(job_id)
+        _TYPES_CACHE.move_to_end(job_id)
         return cached
+    spec = await read_spec(store, job_id) or {}
     out: dict[str, str] = {}
-    try:
-        spec = json.loads(spec_json or "{}")
-    except ValueError:
-        spec = {}
-    for n in spec.get("nodes", []) if isinstance(spec, dict) else []:
+    nodes = spec.get("nodes")
+    for n in nodes if isinstance(nodes, list) else []:
         if isinstance(n, dict) and isinstance(n.get("node_id"), str):
             out[n["node_id"]] = str(n.get("agent_type") or "-")
-    _SPEC_CACHE[job_id] = out
-    while len(_SPEC_CACHE) > _SPEC_CACHE_SIZE:
-        _SPEC_CACHE.popitem(last=False)
+    _TYPES_CACHE[job_id] = out
+    while len(_TYPES_CACHE) > 1 and sum(len(v) for v in _TYPES_CACHE.values()) > _TYPES_CACHE_AGENTS:
+        _TYPES_CACHE.popitem(last=False)
     return out
 
 
@@ -121,7 +120,7 @@ async def agents(request: web.Request) -> web.Response:
     if names:
         fields = [f"{a}:{states[a].attempt}" for a in names]
         recs = await store.guard(store.r.hmget(attempts_key(store, job_id), fields))
-    specs = agent_specs(job_id, h.get("spec"))
+    specs = await agent_types(store, job_id)
     rows = [agent_row(a, states[a], specs.get(a, "-"), decode_attempt(r))
             for a, r in zip(names, recs, strict=True)]
     return json_response({"job_id": job_id, "status": h.get("status"), "agents": rows, "cursor": str(cursor),
@@ -179,7 +178,7 @@ async def logs(request: web.Request) -> web.Response:
     node = _node(request)
     store = node.store
     raw_state = await store.guard(store.r.hget(store.key("job", job_id, "agents"), agent))
-    if raw_state is None and agent not in agent_specs(job_id, h.get("spec")):
+    if raw_state is None and agent not in await agent_types(store, job_id):
         return error(404, f"job {job_id} has no agent {agent[:80]!r}", f"list its agents with `mn agents {job_id}`")
     st = AgentState.decode(raw_state) if raw_state is not None else AgentState()
     # records are numbered by dispatched attempt (1 up); at most the latest MAX_CANDIDATES

@@ -26,6 +26,7 @@ from mn_node.jobs.state import (
     list_jobs,
     pause_job,
     prune_jobs,
+    read_spec,
 )
 from mn_node.jobs.submit import submit_job
 from mn_node.leases import Holder
@@ -59,6 +60,9 @@ async def submit(request: web.Request) -> web.Response:
     try:
         body = await read_json(request)
     except web.HTTPException as e:
+        if e.status == 413:
+            return error(413, e.reason, "submit a big job as a blueprint, or as a bundle (mn run DIR: its manifest "
+                                        "is uploaded in the bundle's archive), or split it")
         return error(e.status, e.reason, 'send {"blueprint": "prime_sweep_scale", "params": {...}} '
                      'or {"manifest": {...}}')
     if not isinstance(body, dict):
@@ -108,6 +112,11 @@ async def job_or_404(request: web.Request) -> tuple[str, dict[str, str]] | web.R
     return job_id, h
 
 
+# a job's agents are counted per status (one HSCAN walk over its states) up to this size; a
+# bigger job's view shows its progress (agents_done / agents_total) and is counted on ?counts=1
+COUNT_LIMIT = 5000
+
+
 async def status_counts(store: Store, job_id: str) -> dict[str, int]:
     """Agents per status, read a thousand states at a time (HSCAN): a big job's states are
     never held at once."""
@@ -130,8 +139,11 @@ async def job(request: web.Request) -> web.Response:
         return found
     job_id, h = found
     node = _node(request)
-    view = job_view(h, with_spec=request.query.get("manifest") == "1")
-    view["agents"] = await status_counts(node.store, job_id)
+    view = job_view(h)
+    if request.query.get("manifest") == "1":
+        view["manifest"] = await read_spec(node.store, job_id)
+    small = int(h.get("agents_total", "0") or 0) <= COUNT_LIMIT
+    view["agents"] = await status_counts(node.store, job_id) if small or request.query.get("counts") == "1" else None
     if request.query.get("agents") == "1":  # every agent at once: for tests and small jobs
         states = await agent_states(node.store, job_id)
         runs = await node.store.guard(node.store.r.hgetall(JobKeys(node.store, job_id).runs))
@@ -164,7 +176,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             after = ev["id"]
         if status in TERMINAL and not batch:
             break
-        status = (await get_job(node.store, job_id)).get("status")
+        status = await node.store.guard(node.store.r.hget(JobKeys(node.store, job_id).job, "status"))
         if not batch:
             await asyncio.sleep(0.25)
     await resp.write_eof()

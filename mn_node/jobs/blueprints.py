@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mn_node.bundles.manifest import MAX_AGENTS
 from mn_node.errors import DataError
 
 DEFAULT_START = 1_000_003
+FIXED_AGENTS = 3  # dispatcher, collector, summarizer
+MAX_WORKERS = MAX_AGENTS - FIXED_AGENTS  # the whole job stays within the per-job agent limit
 
 
 def _int_param(params: dict[str, Any], name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -36,11 +39,14 @@ def prime_sweep_scale(params: dict[str, Any]) -> dict[str, Any]:
     chunk = _int_param(params, "chunk_size", 100, 1, 10**9)
     end = _int_param(params, "end", None, 0, 10**15)
     assert start is not None and chunk is not None
-    workers = _int_param(params, "workers", None, 1, 5000)
+    workers = _int_param(params, "workers", None, 1, MAX_WORKERS)
     if end is not None and end < start:
         raise DataError(f"params.end: {end} is below start {start}; fix: pass --end >= --start")
     if workers is None:
         workers = 4 if end is None else max(1, -(-(end - start + 1) // chunk))
+        if workers > MAX_WORKERS:
+            raise DataError(f"params.end: the range needs {workers} workers of {chunk} numbers, over the limit of "
+                            f"{MAX_WORKERS}; fix: raise --chunk-size or lower --end")
     nodes: list[dict[str, Any]] = [{"node_id": "dispatcher", "agent_type": "router", "config": {}}]
     edges: list[dict[str, Any]] = []
     for k in range(workers):

@@ -27,7 +27,7 @@ from mn_node.jobs.graph import body_of, inbox, json_field, legacy_inputs
 from mn_node.jobs.inline import MISSING, run_inline, skipped
 from mn_node.jobs.manifest import Agent, Manifest, from_normalized
 from mn_node.jobs.progress import Progress
-from mn_node.jobs.state import TERMINAL, AgentState, JobKeys, agent_states, get_job
+from mn_node.jobs.state import TERMINAL, AgentState, JobKeys, agent_states, get_job, read_spec
 from mn_node.leases import Lease
 from mn_node.store import EVENTS_MAXLEN
 
@@ -42,6 +42,7 @@ MAX_WINDOW = 64  # runs per slot sent ahead at most
 WINDOW_TARGET_S = 0.1  # send ahead what a slot runs in about this long, so it never idles
 FRESH_CHUNK = 10_000  # pending agent states written per fenced write when a job starts
 READ_CHUNK = 5_000  # agent states read per HMGET
+BIG_JOB_AGENTS = 2_000  # a manifest this big is rebuilt off the event loop (leases renew meanwhile)
 AUDIT_AFTER_MS = 2000  # a dispatch this old must be known to its node, or it is replayed
 NO_COMMAND_NODE_GRACE_S = 5.0  # registrations are read before "no node allows commands" fails a job
 NO_COMMAND_NODE = ("no node allows commands (MIRROR_NEURON_COMMANDS=off on every node); fix: set "
@@ -143,13 +144,16 @@ class Coordinator:
             return
         self.bundle = h.get("bundle") or None
         self.paused = h.get("status") == "paused"
+        spec = await read_spec(self.rt.store, self.job_id)  # Redis unavailable: handed back, not failed
         try:  # validated at submit: only rebuilt here (a 100k-agent manifest validates in seconds)
-            self.manifest = from_normalized(json.loads(h["spec"]))
+            if spec is None:
+                raise ValueError("no readable spec")
+            big = len(spec.get("nodes") or ()) > BIG_JOB_AGENTS
+            self.manifest, self.progress = await asyncio.to_thread(_build, spec) if big else _build(spec)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             await self.write(job={"status": "failed", "error": f"stored manifest invalid: {e!r}"},
                              events=[("job_failed", {"reason": f"stored manifest invalid: {e!r}"})], terminal=True)
             return
-        self.progress = Progress(self.manifest)
         known = await agent_states(self.rt.store, self.job_id)
         self._p.load(known)
         self._changed = set(known)
@@ -574,6 +578,12 @@ class Coordinator:
         for node in nodes:
             self.rt.exec_cancel(node, self.job_id)
         return nodes
+
+
+def _build(spec: dict[str, Any]) -> tuple[Manifest, Progress]:
+    """The manifest and its graph bookkeeping from a stored (already validated) spec."""
+    m = from_normalized(spec)
+    return m, Progress(m)
 
 
 def _brief(result: Any) -> Any:

@@ -74,13 +74,13 @@ class Manifest:
 
     @cached_property
     def _adjacency(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-        up: dict[str, list[str]] = {a: [] for a in self.agents}
-        down: dict[str, list[str]] = {a: [] for a in self.agents}
+        # dicts as ordered sets: an aggregator with 100k upstream agents must not be a list searched per edge
+        up: dict[str, dict[str, None]] = {a: {} for a in self.agents}
+        down: dict[str, dict[str, None]] = {a: {} for a in self.agents}
         for e in self.edges:
-            if e.src not in up[e.dst]:
-                up[e.dst].append(e.src)
-                down[e.src].append(e.dst)
-        return up, down
+            up[e.dst][e.src] = None
+            down[e.src][e.dst] = None
+        return {a: list(v) for a, v in up.items()}, {a: list(v) for a, v in down.items()}
 
     def upstream(self, agent_id: str) -> list[str]:
         return self._adjacency[0][agent_id]

@@ -46,6 +46,7 @@ class JobRuntime:
         self._caps: dict[str, int] = {}
         self._commands: set[str] = set()  # nodes whose registration says commands=on
         self._caps_at = 0.0
+        self._caps_lock = asyncio.Lock()
         self.draining: set[str] = set()  # nodes being drained (set by the drain control each pass)
         # a coordinator of this node stopped (its job id): placement looks again at once
         self.coordinator_exited: Signal[[str]] = Signal("coordinator exited")
@@ -107,17 +108,19 @@ class JobRuntime:
         """Executor slots of every node that can take work: linked to us *and* refreshing its
         registration in Redis (a node cut off from Redis could run work but never store it).
         Registrations are re-read at most once a second."""
-        now = time.monotonic()
-        if now - self._caps_at > 1.0:
-            try:
-                redis_ms = await self.store.server_time_ms()
-                regs = await read_all(self.store)
-                self._caps = {name: int(r.get("capacity", "1") or 1) for name, r in regs.items()
-                              if redis_ms - int(r.get("refreshed_ms", "0") or 0) < self.stale_after_ms}
-                self._commands = {name for name, r in regs.items() if r.get("commands") == "on"}
-                self._caps_at = now
-            except MirrorNeuronError:
-                pass
+        if time.monotonic() - self._caps_at > 1.0:
+            async with self._caps_lock:  # one read for every coordinator that asks meanwhile
+                now = time.monotonic()
+                if now - self._caps_at > 1.0:
+                    try:
+                        redis_ms = await self.store.server_time_ms()
+                        regs = await read_all(self.store)
+                        self._caps = {name: int(r.get("capacity", "1") or 1) for name, r in regs.items()
+                                      if redis_ms - int(r.get("refreshed_ms", "0") or 0) < self.stale_after_ms}
+                        self._commands = {name for name, r in regs.items() if r.get("commands") == "on"}
+                        self._caps_at = now
+                    except MirrorNeuronError:
+                        pass
         caps = {n: self._caps[n] for n in self.members.up_names() if n in self._caps}
         caps[self.node] = self.capacity
         return caps

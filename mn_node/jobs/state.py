@@ -1,10 +1,22 @@
-"""Job records in Redis and their JSON views."""
+"""Job records in Redis and their JSON views.
+
+The job hash ``{ns}:job:<id>`` holds the view fields (:data:`VIEW_FIELDS`, ``node:<name>``
+executor counts) and the normalized manifest, compressed: ``spec_z`` is base64 of zlib (level 1)
+of its JSON (a 100k-agent manifest is ~38 MB of JSON, ~3 MB stored). Jobs written before that
+hold it as plain JSON in ``spec``; :func:`decode_spec` reads both. Views never read the spec:
+:func:`get_job` and :func:`list_jobs` read only the view fields (``HMGET``), and the spec is read
+only by :func:`read_spec` (the coordinator, ``?manifest=1``, agent types).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import json
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +113,46 @@ class JobKeys:
         return [bundle_key(self._store, sha), bundle_refs_key(self._store, sha)] if sha else []
 
 
+# what job views, the coordinator's start, cancel and prune read of a job hash (never the spec)
+VIEW_FIELDS = ("job_id", "graph_id", "job_name", "status", "owner", "epoch", "submitted_ms", "updated_ms",
+               "finished_ms", "agents_total", "agents_done", "result", "error", "bundle")
+SPEC_FIELDS = ("spec_z", "spec")
+SPEC_ZLIB_LEVEL = 1  # ~15x smaller for generated manifests, ~10x faster than the default level
+OFFLOAD_AGENTS = 2000  # manifests past this many agents are encoded off the event loop
+
+
+def encode_spec(spec: dict[str, Any]) -> str:
+    """The ``spec_z`` value: base64 of zlib of the compact JSON (the Redis client decodes every
+    answer as text, so the stored value is ASCII)."""
+    text = json.dumps(spec, separators=(",", ":"))
+    return base64.b64encode(zlib.compress(text.encode(), SPEC_ZLIB_LEVEL)).decode("ascii")
+
+
+def decode_spec(h: dict[str, str]) -> dict[str, Any] | None:
+    """The normalized manifest from a job hash's ``spec_z`` (or, for a job stored before it was
+    compressed, ``spec``); None when neither is there or it cannot be read."""
+    try:
+        if h.get("spec_z"):
+            spec = json.loads(zlib.decompress(base64.b64decode(h["spec_z"], validate=True)))
+        elif h.get("spec"):
+            spec = json.loads(h["spec"])
+        else:
+            return None
+    except (ValueError, binascii.Error, zlib.error):
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
+async def read_spec(store: Store, job_id: str) -> dict[str, Any] | None:
+    """The job's normalized manifest (None: no such job, or no readable spec). A big one is
+    decompressed and parsed off the event loop."""
+    raw = await store.guard(store.r.hmget(store.key("job", job_id), list(SPEC_FIELDS)))
+    h = {k: v for k, v in zip(SPEC_FIELDS, raw, strict=True) if v}
+    if sum(len(v) for v in h.values()) > 1 << 20:
+        return await asyncio.to_thread(decode_spec, h)
+    return decode_spec(h)
+
+
 def new_job_id(graph_id: str) -> str:
     return f"{graph_id}-{int(time.time() * 1000)}-{os.urandom(6).hex()}"
 
@@ -108,11 +160,13 @@ def new_job_id(graph_id: str) -> str:
 async def create_job(store: Store, manifest: Manifest, node: str, request: dict[str, Any]) -> str:
     job_id = new_job_id(manifest.graph_id)
     k = JobKeys(store, job_id)
+    big = len(manifest.agents) > OFFLOAD_AGENTS
+    spec_z = await asyncio.to_thread(encode_spec, manifest.raw) if big else encode_spec(manifest.raw)
     now = int(time.time() * 1000)
     pipe = store.r.pipeline(transaction=True)
     pipe.hset(k.job, mapping={
         "job_id": job_id, "graph_id": manifest.graph_id, "job_name": manifest.job_name,
-        "status": "pending", "spec": manifest.to_json(), "request": json.dumps(request),
+        "status": "pending", "spec_z": spec_z, "request": json.dumps(request),
         "submitted_ms": now, "updated_ms": now, "submitted_via": node,
         "agents_total": len(manifest.agents), "agents_done": 0, "epoch": 0,
     })
@@ -192,7 +246,7 @@ async def prune_jobs(store: Store, *, older_than_ms: int | None, status: str | N
             return Pruned(out, dry_run)
 
 
-def job_view(h: dict[str, str], with_spec: bool = False) -> dict[str, Any]:
+def job_view(h: dict[str, str]) -> dict[str, Any]:
     total = int(h.get("agents_total", "0") or 0)
     done = int(h.get("agents_done", "0") or 0)
     view: dict[str, Any] = {
@@ -209,14 +263,35 @@ def job_view(h: dict[str, str], with_spec: bool = False) -> dict[str, Any]:
         "result": json.loads(h["result"]) if h.get("result") else None,
         "error": h.get("error") or None,
     }
-    if with_spec and h.get("spec"):
-        view["manifest"] = json.loads(h["spec"])
     return view
 
 
-async def get_job(store: Store, job_id: str) -> dict[str, str]:
-    h: dict[str, str] = await store.guard(store.r.hgetall(store.key("job", job_id)))
+def _queue_view(pipe: Any, key: str) -> None:
+    """Queue the reads of one job's view: its view fields and its ``node:<name>`` counts."""
+    pipe.hmget(key, list(VIEW_FIELDS))
+    pipe.hscan(key, 0, match="node:*", count=1000)
+
+
+async def _view_of(store: Store, key: str, values: list[str | None],
+                   scan: tuple[int, dict[str, str]]) -> dict[str, str]:
+    h = {f: v for f, v in zip(VIEW_FIELDS, values, strict=True) if v is not None}
+    if not h:
+        return h
+    cursor, nodes = scan
+    h.update(nodes)
+    while cursor:  # a hash being resized can need more than one pass
+        cursor, more = await store.guard(store.r.hscan(key, cursor, match="node:*", count=1000))
+        h.update(more)
     return h
+
+
+async def get_job(store: Store, job_id: str) -> dict[str, str]:
+    """The job hash without its spec (:data:`VIEW_FIELDS` and ``node:<name>``); {} for no job."""
+    key = store.key("job", job_id)
+    pipe = store.r.pipeline(transaction=False)
+    _queue_view(pipe, key)
+    values, scan = await store.guard(pipe.execute())
+    return await _view_of(store, key, values, scan)
 
 
 async def list_jobs(store: Store, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
@@ -225,8 +300,9 @@ async def list_jobs(store: Store, limit: int = 50, status: str | None = None) ->
         return []
     pipe = store.r.pipeline(transaction=False)
     for jid in ids:
-        pipe.hgetall(store.key("job", jid))
-    rows = await store.guard(pipe.execute())
+        _queue_view(pipe, store.key("job", jid))
+    res = await store.guard(pipe.execute())
+    rows = [await _view_of(store, store.key("job", jid), res[2 * i], res[2 * i + 1]) for i, jid in enumerate(ids)]
     gone = [jid for jid, h in zip(ids, rows, strict=True) if not h]
     if gone:  # expired under retention: dropped from the history as they are seen
         await store.guard(store.r.zrem(store.key("jobs"), *gone))

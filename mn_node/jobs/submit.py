@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from mn_node.bundles.store import has_bundle
@@ -9,7 +10,7 @@ from mn_node.errors import DataError
 from mn_node.jobs import tasks
 from mn_node.jobs.manifest import validate
 from mn_node.jobs.reducers import REDUCERS
-from mn_node.jobs.state import create_job
+from mn_node.jobs.state import OFFLOAD_AGENTS, create_job
 from mn_node.store import Store
 
 
@@ -21,7 +22,11 @@ async def submit_job(store: Store, manifest_raw: dict[str, Any], *, bundle_sha: 
     already be in Redis (:func:`mn_node.bundles.store.put_bundle`). Raises
     :class:`~mn_node.jobs.manifest.ManifestError` (every problem) or ``DataError`` (exit 65),
     ``RedisUnavailable`` when Redis does not answer. The caller kicks placement."""
-    manifest = validate(manifest_raw, set(tasks.available()), set(REDUCERS), bundle=bundle_sha)
+    args = (manifest_raw, set(tasks.available()), set(REDUCERS), bundle_sha)
+    nodes = manifest_raw.get("nodes") if isinstance(manifest_raw, dict) else None
+    # a big manifest is validated off the event loop: leases and heartbeats go on meanwhile
+    big = isinstance(nodes, list) and len(nodes) > OFFLOAD_AGENTS
+    manifest = await asyncio.to_thread(validate, *args) if big else validate(*args)
     if bundle_sha is None and manifest.bundle is not None:
         raise DataError("bundle: a manifest cannot name a bundle itself; fix: upload the bundle folder "
                         "(mn run DIR) so the node stores it")

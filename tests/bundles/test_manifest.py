@@ -8,6 +8,8 @@ from typing import Any
 
 from mn_node.bundles import validate_bundle, validate_manifest
 from mn_node.bundles.archive import MiB
+from mn_node.bundles.manifest import MAX_AGENTS
+from mn_node.jobs import blueprints
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,3 +152,23 @@ def test_missing_upload_and_missing_command(tmp_path: Path) -> None:
 def test_the_examples_validate_clean() -> None:
     v = validate_bundle(ROOT / "examples" / "wordcount")
     assert v.ok and v.warnings == [], v.to_json()
+
+
+def test_over_the_agent_limit_is_one_problem_not_one_per_edge() -> None:
+    """Past MAX_AGENTS the validator stops at one problem (the limit, the count, the fix): it
+    does not go on to report every edge as dangling (megabytes of error for a big manifest)."""
+    over = MAX_AGENTS + 3
+    raw = base()
+    raw["nodes"] = [{"node_id": f"w{i}", "agent_type": "router"} for i in range(over)]
+    raw["edges"] = [{"from_node": "in", "to_node": f"w{i}"} for i in range(over)]
+    v = validate_manifest(raw)
+    assert [str(p) for p in v.problems] == [
+        f"nodes: {over} agents exceed the limit of {MAX_AGENTS} per job; fix: split the work into several jobs"]
+    assert v.manifest is None
+
+
+def test_a_100k_agent_blueprint_is_valid() -> None:
+    raw = blueprints.prime_sweep_scale({"workers": 100_000, "chunk_size": 10})
+    v = validate_manifest(raw)
+    assert v.ok, v.problems[:3]
+    assert v.manifest is not None and len(v.manifest["nodes"]) == 100_003

@@ -11,7 +11,7 @@ included) the fuzzer sends
 * ``per_route`` seeded random requests through ``http.client``: wrong methods, every kind of
   Authorization header, odd path parameters and query strings, bad JSON (truncated, deeply
   nested, wrong top-level and field types, NaN, duplicates), non-UTF-8 bodies, bad
-  Content-Type/charset, bodies over the 8 MiB limit.
+  Content-Type/charset, bodies over the API's body cap.
 
 Judging each answer: never a 5xx, never a dropped connection or a timeout (except where the
 request itself never completes: then closing is the only correct answer), every 4xx carries
@@ -34,8 +34,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from mn_node.api import MAX_BODY
+
 TIMEOUT = 8.0
-HUGE = 9 * 1024 * 1024  # over the API's client_max_size (8 MiB)
+HUGE = MAX_BODY + 1024 * 1024  # over the API's body cap (mn_node.api.MAX_BODY)
 
 
 @dataclass

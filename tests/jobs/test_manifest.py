@@ -102,8 +102,12 @@ def test_prime_range_matches_an_independent_sieve():
 
 
 def test_blueprint_params_are_checked():
-    with pytest.raises(DataError, match=r"^params.workers: 0 is not an integer 1-5000"):
+    with pytest.raises(DataError, match=r"^params.workers: 0 is not an integer 1-249997"):
         blueprints.generate("prime_sweep_scale", {"workers": 0})
+    with pytest.raises(DataError, match=r"^params.workers: 249998 is not an integer 1-249997"):
+        blueprints.generate("prime_sweep_scale", {"workers": blueprints.MAX_WORKERS + 1})
+    with pytest.raises(DataError, match=r"^params.end: the range needs 1000000 workers .* fix: raise --chunk-size"):
+        blueprints.generate("prime_sweep_scale", {"start": 0, "end": 9_999_999, "chunk_size": 10})
     with pytest.raises(DataError, match="unknown parameter"):
         blueprints.generate("prime_sweep_scale", {"wrokers": 3})
     with pytest.raises(DataError, match="unknown blueprint"):
