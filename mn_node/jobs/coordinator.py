@@ -163,7 +163,7 @@ class Coordinator:
             await self._write_fresh(known, job={"status": "running", "started_ms": int(time.time() * 1000)},
                                     events=[("job_scheduled", {"owner": self.rt.node}), ("job_running", {})])
             log.info("coordinating job %s (epoch %d, %d agents)", self.job_id, self.lease.epoch,
-                     len(self.manifest.agents))
+                     len(self.states))
         await self._loop()
 
     async def _write_fresh(self, known: dict[str, AgentState], job: dict[str, Any],
