@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections import ChainMap
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mn_node.aio import wait_event
@@ -246,7 +247,7 @@ class Coordinator:
             replay.update(aid for aid in aids if aid not in running)
         replay = await self._still_dispatched(replay)
         if replay:
-            await self._dispatch(sorted(replay, key=self._p.rank.__getitem__), recovery=True)
+            self._replay(replay)
         return replay
 
     async def _read_states(self, aids: list[str]) -> list[AgentState | None]:
@@ -385,7 +386,7 @@ class Coordinator:
                     continue
                 break  # everyone is busy; the rest waits for a completion
             self._p.take()
-            self._plan(aid, node, plan, planned, plan_events, recovery=False)
+            self._plan(aid, node, plan, planned, plan_events)
         self._p.requeue(deferred)
         if done_now:
             await self.write(agents=done_now, events=events)
@@ -395,38 +396,24 @@ class Coordinator:
         await self._record_and_send(plan, plan_events)
         return False
 
-    async def _dispatch(self, aids: list[str], recovery: bool = False) -> bool:
-        """Record and send new runs of ``aids`` (replays: their runs were lost), those that fit
-        now; the others stay dispatched in Redis and are found lost again at the next refresh.
-        True when the job failed because no live node may run its command agents."""
-        m = self.manifest
-        assert m is not None
-        plan: dict[str, AgentState] = {}
-        planned: dict[str, int] = {}
-        events: list[tuple[str, dict[str, Any]]] = []
-        caps = await self.rt.capacities()
-        unplaceable = False
+    def _replay(self, aids: Iterable[str]) -> None:
+        """Runs that were lost (their node is down, or it no longer knows them) go back to the
+        ready queue, so the next step dispatches them again (attempt + 1) as nodes have room; they
+        stop holding slots on their old node meanwhile (else a node whose runs were lost would
+        look full with the very runs to replay). Redis keeps them dispatched until then: a late
+        result of the lost attempt is still accepted, and then the new attempt's write is refused
+        (``FENCED agent ... already completed``), which hands the job over to be recovered."""
         for aid in aids:
-            node = self._pick_node(caps, m.agents[aid], planned)
-            if node is None:
-                if m.agents[aid].is_command and not any(self.rt.allows_commands(n) for n in caps):
-                    unplaceable = True
-                    continue
-                break  # everyone is busy; the rest waits for a completion
-            self._plan(aid, node, plan, planned, events, recovery)
-        if unplaceable and not plan and time.monotonic() - self._started >= NO_COMMAND_NODE_GRACE_S:
-            await self._finish("failed", error=NO_COMMAND_NODE)
-            return True
-        await self._record_and_send(plan, events)
-        return False
+            old = self.states[aid]
+            self._p.set(aid, AgentState("pending", old.attempt, old.node))
 
     def _plan(self, aid: str, node: str, plan: dict[str, AgentState], planned: dict[str, int],
-              events: list[tuple[str, dict[str, Any]]], recovery: bool) -> None:
+              events: list[tuple[str, dict[str, Any]]]) -> None:
         old = self.states[aid]
         planned[node] = planned.get(node, 0) + self._slots(aid)
         st = AgentState("dispatched", old.attempt + 1, node, None, "", {"dispatched_ms": int(time.time() * 1000)})
         plan[aid] = st
-        kind = "agent_recovery_started" if (recovery or old.attempt > 0) else "agent_dispatched"
+        kind = "agent_recovery_started" if old.attempt > 0 else "agent_dispatched"
         events.append((kind, {"agent": aid, "attempt": st.attempt, "node": node,
                               **({"previous_node": old.node} if old.node else {})}))
 
@@ -529,8 +516,7 @@ class Coordinator:
         if lost:
             log.info("job %s: %d executors were on nodes now down or cut off from Redis; replaying them",
                      self.job_id, len(lost))
-            if await self._dispatch(lost, recovery=True):
-                return True
+            self._replay(lost)
         return await self._audit_inflight()
 
     async def _audit_inflight(self) -> bool:
@@ -563,7 +549,7 @@ class Coordinator:
         if replay:
             log.info("job %s: %d executors unknown to their (restarted?) nodes; replaying them",
                      self.job_id, len(replay))
-            return await self._dispatch(sorted(replay, key=self._p.rank.__getitem__), recovery=True)
+            self._replay(replay)
         return False
 
     async def _stop_cancelled(self) -> None:
