@@ -26,6 +26,7 @@ from aiohttp import web
 
 from mn_node.api import NODE_KEY, NodeAPI, error, json_response
 from mn_node.jobs.api import job_or_404
+from mn_node.jobs.outcome import tail
 from mn_node.jobs.state import AgentState, read_spec
 from mn_node.store import Store
 
@@ -148,6 +149,16 @@ async def _all_attempts(request: web.Request, job_id: str, h: dict[str, str]) ->
     return json_response({"job_id": job_id, "status": h.get("status"), "attempts": recs, "cursor": str(cursor)})
 
 
+def _from_state(agent: str, st: AgentState) -> dict[str, Any]:
+    """The record of a successful entry-point run, which the executing node does not write
+    (everything is in the agent state): its output is what the task returned, as stdout."""
+    started, finished = st.started_ms, st.finished_ms
+    return {"agent": agent, "attempt": st.attempt, "node": st.node, "runner": "entrypoint", "ok": True,
+            "cancelled": False, "exit_code": st.exit_code, "tries": st.extra.get("tries", 1), "timed_out": False,
+            "duration_ms": st.extra.get("duration_ms"), "started_ms": started, "finished_ms": finished,
+            "reason": "", "stdout": tail(json.dumps(st.output)), "stderr": "", "from_agent_state": True}
+
+
 def _with_key(field: str, rec: dict[str, Any] | None) -> dict[str, Any]:
     """A record with ``agent``/``attempt`` filled from its field name when it lacks them."""
     out = dict(rec or {})
@@ -186,6 +197,9 @@ async def logs(request: web.Request) -> web.Response:
     fields = [f"{agent}:{n}" for n in numbers]
     recs = await store.guard(store.r.hmget(attempts_key(store, job_id), fields)) if fields else []
     attempts = [_with_key(f, decode_attempt(r)) for f, r in zip(fields, recs, strict=True) if r is not None]
+    if not attempts and st.status == "completed" and st.extra.get("runner") == "entrypoint" \
+            and (not want or int(want) == st.attempt):
+        attempts = [_from_state(agent, st)]
     running = None
     if st.status == "dispatched" and st.node and (not want or int(want) == st.attempt):
         live = await node.exec_logs(st.node, job_id, agent, st.attempt, offsets)

@@ -37,6 +37,12 @@ def test_submit_wait_json_and_listing(make_cluster, tmp_path):
     assert r.returncode == 0 and "completed" in r.stdout and "prime_count" in r.stdout
     r = mn(c, "events", job["job_id"], "--follow")  # ends by itself: the job is over
     assert r.returncode == 0 and "job_completed" in r.stdout
+    # a successful entry-point run leaves no attempt record: its log comes from the agent state
+    r = mn(c, "logs", job["job_id"], "prime_worker_0001", "--json", node=2)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout.splitlines()[0])
+    assert rec["ok"] and rec["runner"] == "entrypoint" and rec["from_agent_state"], rec
+    assert json.loads(rec["stdout"])["start"] == 1000003, rec
     manifest = tmp_path / "m.yaml"
     manifest.write_text(
         "graph_id: tiny\nnodes:\n"
