@@ -258,6 +258,7 @@ def job_view(h: dict[str, str]) -> dict[str, Any]:
         "epoch": int(h.get("epoch", "0") or 0),
         "submitted_ms": int(h.get("submitted_ms", "0") or 0),
         "updated_ms": int(h.get("updated_ms", "0") or 0),
+        "finished_ms": int(h.get("finished_ms", "0") or 0) or None,
         "progress": {"done": done, "total": total},
         "nodes": {k[5:]: int(v) for k, v in h.items() if k.startswith("node:")},
         "result": json.loads(h["result"]) if h.get("result") else None,

@@ -306,7 +306,7 @@ for jid in ids:
     url = "http://127.0.0.1:4000/api/v1/jobs/" + jid + ("?agents=1" if detail else "")
     with urllib.request.urlopen(url, timeout=10) as r:
         j = json.load(r)
-    rec = out["jobs"][jid] = {"status": j["status"]}
+    rec = out["jobs"][jid] = {"status": j["status"], "life": [j.get("submitted_ms"), j.get("finished_ms")]}
     if detail:
         rec["prime_count"] = (j.get("result") or {}).get("prime_count")
         rec["runs"] = {a: s["runs"] for a, s in j["agent_states"].items()}
@@ -340,6 +340,7 @@ class JobStream:
         self.fleet = fleet
         self.submitted: dict[str, float] = {}  # job -> when its submit had returned
         self.open_at: dict[str, float] = {}  # job -> latest time it was seen not yet ended
+        self.life: dict[str, tuple[float, float]] = {}  # job -> (submitted, finished) by its own record
         self.status: dict[str, str] = {}
         self.detail: dict[str, dict[str, Any]] = {}
         self.failures: list[str] = []
@@ -350,7 +351,12 @@ class JobStream:
         return [j for j in self.submitted if self.status.get(j) not in TERMINAL]
 
     def in_flight_at(self, t: float) -> bool:
-        return any(self.submitted[j] <= t <= self.open_at.get(j, -1.0) for j in self.submitted)
+        """Whether a job of the stream was between its submit and its end at host monotonic time
+        ``t``, by the job records' own wall-clock times (the boxes share the host's clock) rather
+        than by when a poll happened to see the job: polls leave gaps of seconds while a box
+        restarts. A job not ended yet counts as open."""
+        wall = t + (time.time() - time.monotonic())
+        return any(sub <= wall <= end for sub, end in self.life.values())
 
     def step(self, room: int, detail: bool = False) -> bool:
         """One STREAM_STEP through the first box that answers; False if none did."""
@@ -374,6 +380,9 @@ class JobStream:
                 self.status[jid] = rec["status"]
                 if rec["status"] not in TERMINAL:
                     self.open_at[jid] = t0
+                sub_ms, end_ms = rec["life"]
+                if sub_ms:
+                    self.life[jid] = (int(sub_ms) / 1000, int(end_ms) / 1000 if end_ms else float("inf"))
                 if detail:
                     self.detail[jid] = rec
             self.box = n
@@ -382,7 +391,9 @@ class JobStream:
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.step(max(0, STREAM_WINDOW - len(self.open())))
+            # one new job per step at most: jobs submitted together end together, and the stream
+            # would then have nothing in flight while it refills
+            self.step(min(1, max(0, STREAM_WINDOW - len(self.open()))))
             self.stop.wait(0.5)
 
 
