@@ -1,7 +1,7 @@
 """Leader failover on a real 3-node cluster + real Redis, and the cost of batched lease renewal.
 
     python bench/failover.py [--kills 20] [--stops 20] [--leases 10000] [--json out.json]
-    python bench/failover.py --redis sentinel [--min-acks 1|2] [--primary-kills 20] [--job-reps 11] [--json out.json]
+    python bench/failover.py --redis sentinel [--min-acks all|1|2] [--primary-kills 20] [--job-reps 11]
 
 * crash: SIGKILL the leader; time until a new leader *acts*, i.e. its first fenced write (the
   leader heartbeat ``{ns}:leader:beat``) lands in Redis with the new epoch.
@@ -255,7 +255,7 @@ def main_sentinel(args: argparse.Namespace) -> None:
         c = Cluster(redis_url=sc.url, size=3, extra_env=ha_env)
         try:
             c.start_all()
-            kills = primary_failovers(c, sc, args.primary_kills, rejoin_at_once=args.min_acks > 1)
+            kills = primary_failovers(c, sc, args.primary_kills, rejoin_at_once=args.min_acks != "1")
             cfg = c.get(1, "/api/v1/system/summary")
         finally:
             c.cleanup()
@@ -302,7 +302,7 @@ def main() -> None:
     p.add_argument("--redis", choices=["single", "sentinel"], default="single")
     p.add_argument("--primary-kills", type=int, default=20)
     p.add_argument("--job-reps", type=int, default=11)
-    p.add_argument("--min-acks", type=int, default=1, choices=(1, 2),
+    p.add_argument("--min-acks", default="all", choices=("all", "1", "2"),
                    help="--redis sentinel: MIRROR_NEURON_REDIS_MIN_ACKS of the nodes (replicas per write)")
     args = p.parse_args()
     if args.redis == "sentinel":

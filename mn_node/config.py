@@ -19,6 +19,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from mn_node.errors import ConfigError
 
 ENV_PREFIX = "MIRROR_NEURON_"
+# MIRROR_NEURON_REDIS_MIN_ACKS=all (the default with a Sentinel URL): every replica the Sentinels know of
+ACKS_ALL = -1
 DEFAULT_DIST_PORT = 4370
 DEFAULT_API_PORT = 4000
 DEFAULT_REDIS_PORT = 6379
@@ -191,9 +193,17 @@ def parse_sentinel_url(url: str, var: str = "MIRROR_NEURON_REDIS_URL") -> Sentin
 
 def _redis_ha(env: Mapping[str, str], url: str | None, ttl_ms: int) -> tuple[str | None, int, int]:
     """The replication settings: Sentinel password, replica acknowledgements, their timeout.
-    A Sentinel URL means replicated mode (1 acknowledgement) unless MIN_ACKS says otherwise."""
-    default_acks = 1 if is_sentinel_url(url) else 0
-    acks = _int(env, "REDIS_MIN_ACKS", default_acks, 0, 16)
+    A Sentinel URL means replicated mode with every known replica acknowledging (ACKS_ALL)
+    unless MIN_ACKS gives a number (mn_node/acks.py has why)."""
+    sentinel = is_sentinel_url(url)
+    raw = env.get(ENV_PREFIX + "REDIS_MIN_ACKS", "").strip().lower()
+    if raw == "all" or (not raw and sentinel):
+        if not sentinel:
+            raise ConfigError(f"{ENV_PREFIX}REDIS_MIN_ACKS: 'all' needs a Sentinel URL (the Sentinels know every "
+                              "replica); fix: use redis+sentinel://... or give a number of replicas")
+        acks = ACKS_ALL
+    else:
+        acks = _int(env, "REDIS_MIN_ACKS", 0, 0, 16, " (or all, with a Sentinel URL)")
     timeout = _int(env, "REDIS_ACK_TIMEOUT_MS", max(10, min(ttl_ms // 4, 250)), 1, 60_000, " (milliseconds)")
     if acks and timeout * 2 >= ttl_ms:
         raise ConfigError(
@@ -262,7 +272,7 @@ class Config:
     redis_url: str | None
     namespace: str = "mirror_neuron"
     redis_sentinel_password: str | None = field(default=None, repr=False)
-    redis_min_acks: int = 0  # replicas that must acknowledge a write (WAIT); 0: single Redis
+    redis_min_acks: int = 0  # replicas that must acknowledge a write (WAIT); 0: single Redis; ACKS_ALL: every one
     redis_ack_timeout_ms: int = 250
     dist_bind: str = ""
     api_bind: str = "127.0.0.1"
@@ -328,7 +338,7 @@ class Config:
             "redis_url": redact_url(self.redis_url) if self.redis_url else None,
             "redis_namespace": self.namespace,
             "redis_sentinel_password": "(set)" if self.redis_sentinel_password else None,
-            "redis_min_acks": self.redis_min_acks,
+            "redis_min_acks": "all" if self.redis_min_acks == ACKS_ALL else self.redis_min_acks,
             "redis_ack_timeout_ms": self.redis_ack_timeout_ms,
             "discovery": sorted(self.discovery),
             "lease_ttl_ms": self.lease_ttl_ms,

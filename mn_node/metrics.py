@@ -90,6 +90,10 @@ class NodeCollector(Collector):
                      "acknowledgement (WAIT) now.", store.acks_waiting)
         yield _gauge("mn_redis_writes_unreplicated", "1 while writes are refused for want of a replica's "
                      "acknowledgement (the node does not act on them).", int(bool(store.write_refused)))
+        if store.replicated:
+            yield _gauge("mn_redis_acks_needed", "Replica acknowledgements each replicated write waits for now "
+                         "(MIRROR_NEURON_REDIS_MIN_ACKS, or with all every replica the Sentinels know of).",
+                         max(store.acks.floor, store.acks.known or 0))
 
     def _leases(self) -> Iterator[Metric]:
         leases = self.parts.leases

@@ -18,8 +18,9 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 
 from mn_node import scripts
+from mn_node.acks import AckTarget
 from mn_node.aio import Signal
-from mn_node.config import SentinelUrl, is_sentinel_url, parse_sentinel_url, redact_url
+from mn_node.config import ACKS_ALL, SentinelUrl, is_sentinel_url, parse_sentinel_url, redact_url
 from mn_node.errors import ConfigError, FencedWriteRefused, RedisUnavailable
 
 if TYPE_CHECKING:
@@ -100,7 +101,8 @@ class Store:
         self.url = url
         self.ns = namespace
         self.op_timeout = op_timeout
-        # replicated mode: every script call is followed by WAIT min_acks ack_timeout_ms
+        # replicated mode: every script call is followed by WAIT n ack_timeout_ms; n = min_acks,
+        # or with ACKS_ALL every replica the Sentinels know of (mn_node.acks)
         self.min_acks = min_acks
         self.ack_timeout_ms = ack_timeout_ms
         self.sentinel_url: SentinelUrl | None = parse_sentinel_url(url) if is_sentinel_url(url) else None
@@ -117,6 +119,8 @@ class Store:
         if isinstance(self.r.connection_pool, _FollowingPool):
             self.r.connection_pool.on_switch = self._primary_switched
         self.scripts = Scripts(self)
+        every = min_acks == ACKS_ALL and self.sentinel is not None
+        self.acks = AckTarget(1 if every else min_acks, self._known_replicas if every else None)
         self._binary: aioredis.Redis | None = None
         self.available = False
         self.last_error = "not connected yet"
@@ -143,7 +147,23 @@ class Store:
 
     @property
     def replicated(self) -> bool:
-        return self.min_acks > 0
+        return self.min_acks != 0
+
+    async def _known_replicas(self) -> int | None:
+        """How many replicas of our master the Sentinels know of, up or down (the most any
+        reachable Sentinel names: one just restarted may not have found them all yet); None
+        when no Sentinel answers."""
+        assert self.sentinel is not None and self.sentinel_url is not None
+        name = self.sentinel_url.master
+
+        async def one(client: aioredis.Redis) -> int | None:
+            try:
+                return len(await asyncio.wait_for(client.sentinel_slaves(name), self.op_timeout))
+            except (TimeoutError, RedisError, OSError):
+                return None
+
+        counts = [n for n in await asyncio.gather(*(one(c) for c in self.sentinel.sentinels)) if n is not None]
+        return max(counts) if counts else None
 
     def _client(self, socket_timeout: float, decode: bool) -> aioredis.Redis:
         # No silent retries: a failed command surfaces at once (as RedisUnavailable), so
@@ -165,6 +185,7 @@ class Store:
         log.warning("redis primary switched %s:%s -> %s:%s (Sentinel)", *old, *new)
         self._switches += 1
         self._suspect_restart = True
+        self.acks.invalidate()
 
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -230,6 +251,7 @@ class Store:
         old = self.run_id
         self.run_id = identity
         self._suspect_restart = False
+        self.acks.invalidate()
         self._note_primary()
         if old is not None and identity != old:
             log.warning("redis restarted or primary changed (id %s -> %s): treating all leases as lost",
@@ -299,10 +321,11 @@ class Store:
         MULTI). A write acknowledged by fewer replicas, or run while the primary changed, is
         reported as not done."""
         switches = self._switches
+        need = await self.acks.needed()
         for attempt in (1, 2):
             pipe = self.r.pipeline(transaction=False)
             pipe.execute_command("EVALSHA", script.redis_script.sha, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", self.min_acks, self.ack_timeout_ms)
+            pipe.execute_command("WAIT", need, self.ack_timeout_ms)
             self.acks_waiting += 1
             t0 = time.monotonic()
             try:
@@ -318,13 +341,22 @@ class Store:
         if self._switches != switches:
             raise WriteNotReplicated(self._refuse_write(
                 f"the redis primary changed during {script.name}; it counts as not done"))
-        if isinstance(acks, Exception) or int(acks) < self.min_acks:
-            raise WriteNotReplicated(self._refuse_write(
-                f"{script.name} was acknowledged by {acks} of {self.min_acks} replica(s) within "
-                f"{self.ack_timeout_ms} ms, so it counts as not done; fix: check the replicas (mn doctor)"))
+        self._check_acks(script.name, acks, need)
         self.write_refused = ""
         self.acked.emit(time.monotonic() - t0)
         return res
+
+    def _check_acks(self, what: str, acks: Any, need: int) -> None:
+        """Refuse (as not done) a write that fewer than ``need`` replicas acknowledged: every
+        replica in sync when it was sent (at least ``min_acks``) must have it."""
+        if isinstance(acks, Exception) or int(acks) < need:
+            self.acks.invalidate()  # a replica may have left: count again before the next write
+            which = "every replica the Sentinels know of" if self.acks.every_replica else "MIN_ACKS"
+            fix = ("bring the replica back (mn doctor); a Redis host gone for good: SENTINEL RESET on each "
+                   "Sentinel" if self.acks.every_replica else "check the replicas (mn doctor)")
+            raise WriteNotReplicated(self._refuse_write(
+                f"{what} was acknowledged by {acks} of the {need} replica(s) it waits for ({which}) within "
+                f"{self.ack_timeout_ms} ms, so it counts as not done; fix: {fix}"))
 
     def _refuse_write(self, why: str) -> str:
         if why != self.write_refused:
@@ -349,8 +381,9 @@ class Store:
         if not self.replicated:
             return list(await pipe.execute())
         await self._settle_restart()
+        need = await self.acks.needed()
         cmds: list[tuple[Any, ...]] = [("MULTI",), *(tuple(args) for args, _opts in pipe.command_stack),
-                                       ("EXEC",), ("WAIT", self.min_acks, self.ack_timeout_ms)]
+                                       ("EXEC",), ("WAIT", need, self.ack_timeout_ms)]
         pipe.command_stack.clear()
         pool = self.r.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
@@ -377,10 +410,7 @@ class Store:
                 "the primary refused a transaction: too few replicas in sync (NOREPLICAS)"))
         if errors or exec_reply is None:
             raise ResponseError(f"transaction refused: {errors[0] if errors else 'EXEC returned nil'}")
-        if isinstance(acks, Exception) or int(acks) < self.min_acks:
-            raise WriteNotReplicated(self._refuse_write(
-                f"a transaction was acknowledged by {acks} of {self.min_acks} replica(s) within "
-                f"{self.ack_timeout_ms} ms, so it counts as not done; fix: check the replicas (mn doctor)"))
+        self._check_acks("a transaction", acks, need)
         self.write_refused = ""
         self.acked.emit(time.monotonic() - t0)
         return list(exec_reply)
@@ -423,7 +453,9 @@ class Store:
                 seen["sentinels"] = await self._sentinel_views()
             self._topology, self._topology_at = seen, now
         return {
-            "mode": self.mode, "min_acks": self.min_acks, "ack_timeout_ms": self.ack_timeout_ms,
+            "mode": self.mode, "min_acks": "all" if self.min_acks == ACKS_ALL else self.min_acks,
+            "acks_needed": max(self.acks.floor, self.acks.known or 0) if self.replicated else None,
+            "ack_timeout_ms": self.ack_timeout_ms,
             "primary": _hostport(self.primary) if self.primary else None, **self._topology,
             "failovers_seen": self.failovers, "last_failover": self.last_failover,
             "writes_refused": self.write_refused or None,

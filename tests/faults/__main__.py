@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--redis", default="single", choices=("single", "sentinel"),
                    help="sentinel: a primary, two replicas and three Sentinels, with the primary faults")
     r.add_argument("--min-acks", type=int, choices=(1, 2),
-                   help="--redis sentinel: replicas that must acknowledge every write "
-                        "(MIRROR_NEURON_REDIS_MIN_ACKS; the daemon's default is 1; see docs/faults.md)")
+                   help="--redis sentinel: a fixed number of replicas that must acknowledge every write "
+                        "(MIRROR_NEURON_REDIS_MIN_ACKS; the daemon's default, without it, is every replica "
+                        "the Sentinels know of; see docs/faults.md)")
     r.add_argument("--faults", help="comma-separated fault kinds instead of the full deck (e.g. primary_cut)")
     r.add_argument("--submit-interval", type=float, default=1.5, help="seconds between submissions")
     r.add_argument("--drain-timeout", type=float, default=240.0, help="seconds to wait for open jobs at the end")

@@ -2,8 +2,8 @@
 patched out, inside its own process (tests only; the shipped code has no such switch), for
 the checker's self-test in Sentinel mode.
 
-In replicated mode every script runs as ``EVALSHA …; WAIT min_acks timeout`` and every
-transaction as ``MULTI … EXEC; WAIT …`` (:meth:`Store._replicated_call`,
+In replicated mode every script runs as ``EVALSHA …; WAIT n timeout`` (n: every replica in
+sync, at least MIN_ACKS) and every transaction as ``MULTI … EXEC; WAIT …`` (:meth:`Store._replicated_call`,
 :meth:`Store.execute_replicated`), and a write fewer replicas acknowledged counts as not done.
 This wrapper sends the write alone and takes the primary's answer as done: what any plain
 Redis client does. The primary's own refusal (``min-replicas-to-write``: ``NOREPLICAS`` once

@@ -208,7 +208,7 @@ class SentinelRedis:
     net: Net
     dir: Path
     appendfsync: str = "always"
-    min_acks: int = 1  # MIRROR_NEURON_REDIS_MIN_ACKS of the nodes: which replica the observer reads
+    min_acks: int = 1  # MIRROR_NEURON_REDIS_MIN_ACKS of the nodes (the floor): replicas the observer needs
     servers: dict[int, subprocess.Popen[bytes] | None] = field(default_factory=dict)
     sentinels: dict[int, subprocess.Popen[bytes] | None] = field(default_factory=dict)
 
@@ -239,13 +239,13 @@ class SentinelRedis:
         return max(set(votes), key=votes.count) if votes else None
 
     def observer_client(self, timeout: float = 1.0) -> redis.Redis | None:
-        """What the nodes were told is acknowledged: a replica of the current primary, chosen by
-        the acknowledgement rule (``min_acks`` of the two replicas): with 1, the most advanced
-        replica in sync (a write any replica has was acknowledged); with 2, the least advanced
-        (a write both have). None when fewer than ``min_acks`` replicas are linked to the
-        primary: the sampler then observes nothing, because nothing new can be acknowledged and
-        the primary itself holds writes no replica has (never read it: a write the nodes were
-        refused would be taken as done)."""
+        """What the nodes were told is acknowledged: the least advanced replica linked to the
+        current primary (the nodes wait for every replica in sync, so an acknowledged write is on
+        each of them; reading the most advanced one would take a write that is on one replica only
+        for acknowledged). None when fewer than ``min_acks`` replicas are linked: the sampler
+        then observes nothing, because nothing new can be acknowledged and the primary itself
+        holds writes no replica has (never read it: a write the nodes were refused would be taken
+        as done)."""
         primary = self.primary_addr()
         linked: list[tuple[int, redis.Redis]] = []
         for k in self.hosts:
@@ -259,10 +259,9 @@ class SentinelRedis:
                 continue
             if info.get("master_host") == primary and info.get("master_link_status") == "up":
                 linked.append((int(info.get("slave_repl_offset", 0)), c))
-        if len(linked) < self.min_acks:
+        if len(linked) < max(1, self.min_acks):
             return None
-        linked.sort(key=lambda oc: oc[0])
-        return linked[0][1] if self.min_acks > 1 else linked[-1][1]
+        return min(linked, key=lambda oc: oc[0])[1]
 
     def primary_index(self) -> int:
         addr = self.primary_addr() or self.net.redis_host_addr(1)
@@ -291,7 +290,8 @@ class SentinelRedis:
                 "--bind", addr, "--dir", str(d), "--save", "", "--appendonly", "yes",
                 "--appendfsync", self.appendfsync, "--maxmemory-policy", "noeviction",
                 "--logfile", str(d / "redis.log"), "--daemonize", "no", "--protected-mode", "no",
-                "--min-replicas-to-write", "1", "--min-replicas-max-lag", "2", "--repl-ping-replica-period", "1"]
+                "--min-replicas-to-write", "1", "--min-replicas-max-lag", "2", "--repl-ping-replica-period", "1",
+                "--repl-diskless-sync-delay", "0"]  # as the redis role: a returning replica resyncs at once
         if replicaof and replicaof != addr:
             args += ["--replicaof", replicaof, str(REDIS_PORT)]
         self.servers[k] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -41,7 +41,8 @@ def test_nodes_follow_the_primary_and_show_the_topology(ha_nodes: Cluster, senti
     before = c.wait_leader()
     topo = wait_until(lambda: (t := _topology(c, 1)) and len(t["replicas"] or []) == 2 and t,
                       15, "the topology with two replicas")
-    assert topo["mode"] == "sentinel" and topo["min_acks"] == 1
+    assert topo["mode"] == "sentinel" and topo["min_acks"] == "all"
+    wait_until(lambda: _topology(c, 1)["acks_needed"] == 2, 10, "every write to wait for both replicas")
     assert topo["primary"] == f"127.0.0.1:{sentinel_cluster.servers[0].port}"
     assert len(topo["sentinels"]) == 3 and all(s["reachable"] for s in topo["sentinels"])
     rows = c.get(1, "/api/v1/nodes")["nodes"]
@@ -49,14 +50,27 @@ def test_nodes_follow_the_primary_and_show_the_topology(ha_nodes: Cluster, senti
     metrics = c.get_text(1, "/metrics") if hasattr(c, "get_text") else _metrics(c, 1)
     for family in ("mn_redis_failovers_total", "mn_redis_writes_awaiting_ack", "mn_redis_ack_latency_seconds_bucket"):
         assert family in metrics
-    sentinel_cluster.primary().kill9()
-    after = wait_until(lambda: (cur := c.leader()) and cur["epoch"] > before["epoch"]
-                       and _topology(c, 1)["failovers_seen"] >= 1 and cur, 40,
-                       "a leader with a greater epoch on the new primary")
+    for family in ("mn_redis_acks_needed 2.0",):
+        assert family in metrics
+    old = sentinel_cluster.primary()
+    old.kill9()
+    # the default (MIN_ACKS all): the dead primary is now a replica the Sentinels know of, and it is
+    # waited for: after the failover nothing is acknowledged, so nothing is acted on, until it is back
+    wait_until(lambda: _topology(c, 1)["failovers_seen"] >= 1, 40, "the nodes to follow the new primary")
+    reasons = wait_until(lambda: _not_replicated(c), 20, "node 1's health to say writes are not replicated")
+    assert "every replica the Sentinels know of" in reasons[0] and "SENTINEL RESET" in reasons[0], reasons
+    old.start()  # it comes back with its old data; Sentinel makes it a replica of the new primary
+    after = wait_until(lambda: (cur := c.leader()) and cur["epoch"] > before["epoch"] and cur, 40,
+                       "a leader with a greater epoch on the new primary, once the old one is back")
     assert after["epoch"] > before["epoch"]
     topo = _topology(c, 1)
     assert topo["last_failover"]["from"] == f"127.0.0.1:{sentinel_cluster.servers[0].port}"
     assert all(n.alive for n in c.nodes)
+
+
+def _not_replicated(c: Cluster) -> list[str]:
+    reasons: list[str] = c.get_status(1, "/api/v1/health")[1].get("reasons", [])
+    return [r for r in reasons if "not replicated" in r]
 
 
 def _metrics(c: Cluster, index: int) -> str:
@@ -73,11 +87,7 @@ def test_without_replicas_nodes_stop_acting_and_say_why(ha_nodes: Cluster,
     for srv in sentinel_cluster.servers[1:]:
         srv.kill9()
 
-    def why() -> list[str]:
-        reasons: list[str] = c.get_status(1, "/api/v1/health")[1].get("reasons", [])
-        return [r for r in reasons if "not replicated" in r]
-
-    reasons = wait_until(why, 20, "node 1's health to say writes are not replicated")
+    reasons = wait_until(lambda: _not_replicated(c), 20, "node 1's health to say writes are not replicated")
     assert "replica" in reasons[0] or "NOREPLICAS" in reasons[0]
     wait_until(lambda: c.leader() is None, 20, "the leader lease to lapse (no renewal is acknowledged)")
 

@@ -1,7 +1,8 @@
 """The store through Sentinel, against real processes: 1 primary, 2 replicas, 3 Sentinels.
 
-Acknowledged means replicated: every script call is followed by ``WAIT 1`` on the same
-connection; a write fewer replicas acknowledge counts as not done."""
+Acknowledged means replicated: every script call is followed by ``WAIT n`` on the same
+connection (n: MIN_ACKS, or by default every replica the Sentinels know of); a write fewer
+replicas acknowledge counts as not done."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from mn_node.config import load_config, parse_sentinel_url, redact_url, validate_redis_url
+from mn_node.config import ACKS_ALL, load_config, parse_sentinel_url, redact_url, validate_redis_url
 from mn_node.errors import ConfigError, RedisUnavailable
 from mn_node.leases import Holder, Lease, LeaseManager
 from mn_node.store import Store, WriteNotReplicated
@@ -82,7 +83,15 @@ def test_config_replicated_mode_settings() -> None:
     assert plain.redis_min_acks == 0  # single Redis: today's behaviour and cost
     ha = load_config({**base, "MIRROR_NEURON_REDIS_URL": "redis+sentinel://:pw@h1,h2,h3/m/0",
                       "MIRROR_NEURON_REDIS_SENTINEL_PASSWORD": "spw"})
-    assert (ha.redis_min_acks, ha.redis_ack_timeout_ms, ha.redis_sentinel_password) == (1, 250, "spw")
+    assert (ha.redis_min_acks, ha.redis_ack_timeout_ms, ha.redis_sentinel_password) == (ACKS_ALL, 250, "spw")
+    assert ha.effective()["redis_min_acks"] == "all"
+    sen = {**base, "MIRROR_NEURON_REDIS_URL": "redis+sentinel://h1/m/0"}
+    one = load_config({**sen, "MIRROR_NEURON_REDIS_MIN_ACKS": "1"})
+    assert one.redis_min_acks == 1
+    with pytest.raises(ConfigError, match="'all' needs a Sentinel URL"):
+        load_config({**base, "MIRROR_NEURON_REDIS_URL": "redis://h1/0", "MIRROR_NEURON_REDIS_MIN_ACKS": "all"})
+    with pytest.raises(ConfigError, match="MIN_ACKS: 'some' is not an integer"):
+        load_config({**sen, "MIRROR_NEURON_REDIS_MIN_ACKS": "some"})
     eff = str(ha.effective())
     assert "spw" not in eff and ":pw@" not in eff and "(set)" in eff
     with pytest.raises(ConfigError, match="ACK_TIMEOUT_MS"):
@@ -124,6 +133,40 @@ async def test_primary_sigkill_node_follows_and_epochs_grow(stores: Callable[...
     assert s2.failovers == 1 and s2.last_failover is not None and s2.primary != (old.host, old.port)
     await m1.renew_all()  # the old holder learns it lost everything before acting again
     assert not lease.valid() and lost
+
+
+async def test_by_default_every_known_replica_acknowledges_until_a_lost_host_is_reset(
+        stores: Callable[..., Store], sentinel_cluster: SentinelCluster) -> None:
+    """The default (MIN_ACKS all): each granted lease is on both replicas the moment acquire
+    returns. With one replica gone, every write is refused (not acted on) and says how to go on;
+    once the Sentinels are told to forget it (SENTINEL RESET, the runbook for a host gone for
+    good), writes wait for the replica left and go through."""
+    s = stores(min_acks=ACKS_ALL)
+    m = LeaseManager(s, "a@h", "inc-a", 60_000, 10_000)
+    replicas = sentinel_cluster.servers[1:]
+    for i in range(20):
+        lease = await granted(m, f"both:{i}")
+        on = [srv.client().get(lease.key) for srv in replicas]
+        assert on == [lease.token, lease.token], (i, on)
+    assert await s.acks.needed() == 2
+    gone, left = replicas
+    gone.kill9()
+    refused: list[str] = []
+    for i in range(3):  # a fresh name each try: a refused grant's key stays until its TTL
+        with pytest.raises(WriteNotReplicated) as e:
+            await m.acquire(f"one-replica:{i}")
+        refused.append(str(e.value))
+    assert "of the 2 replica(s) it waits for (every replica the Sentinels know of)" in refused[-1], refused
+    assert "SENTINEL RESET" in refused[-1] and await s.acks.needed() == 2
+    for sen in sentinel_cluster.sentinels:
+        sen.client().execute_command("SENTINEL", "RESET", MASTER)
+    await async_wait_until(lambda: _needs(s, 1), 30, "the Sentinels to know one replica (after RESET)")
+    lease = await granted(m, "after-reset")
+    assert left.client().get(lease.key) == lease.token
+
+
+async def _needs(s: Store, n: int) -> bool:
+    return await s.acks.needed() == n
 
 
 async def test_no_replicas_means_writes_refused_with_reason(stores: Callable[..., Store],

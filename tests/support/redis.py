@@ -194,7 +194,8 @@ class SentinelCluster:
         self.servers = [RedisServer(password=password) for _ in range(1 + replicas)]
         for srv in self.servers:
             srv.extra += ["--masterauth", password, "--min-replicas-to-write", str(min_replicas_to_write),
-                          "--min-replicas-max-lag", str(max_lag_s), "--repl-ping-replica-period", "1"]
+                          "--min-replicas-max-lag", str(max_lag_s), "--repl-ping-replica-period", "1",
+                          "--repl-diskless-sync-delay", "0"]
         for srv in self.servers[1:]:
             srv.extra += ["--replicaof", srv.host, str(self.servers[0].port)]
         self.sentinels = [SentinelServer(free_port(), self.servers[0], sentinel_password, sentinels // 2 + 1,

@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-from mn_node.config import is_sentinel_url
+from mn_node.config import ACKS_ALL, is_sentinel_url
 from mn_node.doctor.context import Context
 from mn_node.doctor.facts import RedisFacts, redis_facts
 from mn_node.doctor.model import Kind, Result, fail, ok, warn
@@ -66,7 +66,7 @@ async def _sentinel_view(client: Any, master: str) -> dict[str, Any]:
         row["error"] = (str(e) or type(e).__name__).splitlines()[0][:120]
         return row
     row.update(primary=f"{st.get('ip')}:{st.get('port')}", quorum=int(st.get("quorum", 0)),
-               other_sentinels=int(st.get("num-other-sentinels", 0)))
+               other_sentinels=int(st.get("num-other-sentinels", 0)), replicas=int(st.get("num-slaves", 0)))
     return row
 
 
@@ -85,10 +85,17 @@ async def redis_replication(ctx: Context) -> Result:
     replicas = _replicas(repl)
     info = [f"{v.get('ip')}:{v.get('port')} {v.get('state')} lag {v.get('lag')} s" for v in replicas]
     online = [v for v in replicas if v.get("state") == "online" and int(v.get("lag", 99)) <= LAG_WARN_S]
+    # MIN_ACKS all (the Sentinel default): every write waits for every replica; the Sentinel check
+    # counts the ones that are not even connected
     need = max(1, ctx.redis_min_acks)
+    if ctx.redis_min_acks == ACKS_ALL:
+        known = [v["replicas"] for v in await asyncio.gather(*(_sentinel_view(s, r.master_name)
+                                                               for s in r.sentinel.sentinels)) if "error" not in v] \
+            if r.sentinel is not None else []
+        need = max(1, len(replicas), *known)
     if len(online) < need:
         return fail(name, f"{len(online)} replica(s) online and in sync (of {len(replicas)} connected), {need} "
-                    "needed: every fenced write is refused until one catches up", "check the replicas: "
+                    "needed: every fenced write is refused until they catch up", "check the replicas: "
                     "systemctl status redis-server on each; redis-cli INFO replication", info=info)
     mrw = await _config_int(r, "min-replicas-to-write")
     lag = await _config_int(r, "min-replicas-max-lag")
