@@ -50,6 +50,11 @@ class AckTarget:
                     if n is not None:
                         self.known = n
                     self._at = time.monotonic()
+        return self.current
+
+    @property
+    def current(self) -> int:
+        """The count as last read (what the next write waits for unless it is read again)."""
         return max(self.floor, self.known or 0)
 
     def invalidate(self) -> None:

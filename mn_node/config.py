@@ -21,6 +21,12 @@ from mn_node.errors import ConfigError
 ENV_PREFIX = "MIRROR_NEURON_"
 # MIRROR_NEURON_REDIS_MIN_ACKS=all (the default with a Sentinel URL): every replica the Sentinels know of
 ACKS_ALL = -1
+
+
+def acks_label(min_acks: int) -> int | str:
+    """MIN_ACKS as shown to people: ``all`` or the number."""
+    return "all" if min_acks == ACKS_ALL else min_acks
+
 DEFAULT_DIST_PORT = 4370
 DEFAULT_API_PORT = 4000
 DEFAULT_REDIS_PORT = 6379
@@ -338,7 +344,7 @@ class Config:
             "redis_url": redact_url(self.redis_url) if self.redis_url else None,
             "redis_namespace": self.namespace,
             "redis_sentinel_password": "(set)" if self.redis_sentinel_password else None,
-            "redis_min_acks": "all" if self.redis_min_acks == ACKS_ALL else self.redis_min_acks,
+            "redis_min_acks": acks_label(self.redis_min_acks),
             "redis_ack_timeout_ms": self.redis_ack_timeout_ms,
             "discovery": sorted(self.discovery),
             "lease_ttl_ms": self.lease_ttl_ms,

@@ -93,7 +93,7 @@ class NodeCollector(Collector):
         if store.replicated:
             yield _gauge("mn_redis_acks_needed", "Replica acknowledgements each replicated write waits for now "
                          "(MIRROR_NEURON_REDIS_MIN_ACKS, or with all every replica the Sentinels know of).",
-                         max(store.acks.floor, store.acks.known or 0))
+                         store.acks.current)
 
     def _leases(self) -> Iterator[Metric]:
         leases = self.parts.leases

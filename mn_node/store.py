@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseE
 from mn_node import scripts
 from mn_node.acks import AckTarget
 from mn_node.aio import Signal
-from mn_node.config import ACKS_ALL, SentinelUrl, is_sentinel_url, parse_sentinel_url, redact_url
+from mn_node.config import ACKS_ALL, SentinelUrl, acks_label, is_sentinel_url, parse_sentinel_url, redact_url
 from mn_node.errors import ConfigError, FencedWriteRefused, RedisUnavailable
 
 if TYPE_CHECKING:
@@ -153,16 +153,7 @@ class Store:
         """How many replicas of our master the Sentinels know of, up or down (the most any
         reachable Sentinel names: one just restarted may not have found them all yet); None
         when no Sentinel answers."""
-        assert self.sentinel is not None and self.sentinel_url is not None
-        name = self.sentinel_url.master
-
-        async def one(client: aioredis.Redis) -> int | None:
-            try:
-                return len(await asyncio.wait_for(client.sentinel_slaves(name), self.op_timeout))
-            except (TimeoutError, RedisError, OSError):
-                return None
-
-        counts = [n for n in await asyncio.gather(*(one(c) for c in self.sentinel.sentinels)) if n is not None]
+        counts = [int(row["replicas"]) for row in await self._sentinel_views() if row["reachable"]]
         return max(counts) if counts else None
 
     def _client(self, socket_timeout: float, decode: bool) -> aioredis.Redis:
@@ -347,8 +338,8 @@ class Store:
         return res
 
     def _check_acks(self, what: str, acks: Any, need: int) -> None:
-        """Refuse (as not done) a write that fewer than ``need`` replicas acknowledged: every
-        replica in sync when it was sent (at least ``min_acks``) must have it."""
+        """Refuse (as not done) a write that fewer than ``need`` replicas acknowledged (the
+        fixed MIN_ACKS, or every replica the Sentinels knew of when it was sent)."""
         if isinstance(acks, Exception) or int(acks) < need:
             self.acks.invalidate()  # a replica may have left: count again before the next write
             which = "every replica the Sentinels know of" if self.acks.every_replica else "MIN_ACKS"
@@ -453,8 +444,8 @@ class Store:
                 seen["sentinels"] = await self._sentinel_views()
             self._topology, self._topology_at = seen, now
         return {
-            "mode": self.mode, "min_acks": "all" if self.min_acks == ACKS_ALL else self.min_acks,
-            "acks_needed": max(self.acks.floor, self.acks.known or 0) if self.replicated else None,
+            "mode": self.mode, "min_acks": acks_label(self.min_acks),
+            "acks_needed": self.acks.current if self.replicated else None,
             "ack_timeout_ms": self.ack_timeout_ms,
             "primary": _hostport(self.primary) if self.primary else None, **self._topology,
             "failovers_seen": self.failovers, "last_failover": self.last_failover,
