@@ -7,6 +7,9 @@
   and say which (the "sleep, but wake early when kicked" loop of every background task).
 - :class:`Backoff`: exponential backoff with full jitter, a small base and a cap (the retry
   rhythm of dials and reconnects), kept apart from what is retried.
+- :func:`run`: run the daemon's main coroutine on uvloop (libuv: socket I/O, timers and
+  callbacks in C, about half the loop's CPU per message) when it is installed, which the
+  package's dependencies make the normal case; asyncio's own loop otherwise.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
-from typing import Generic, ParamSpec
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, ParamSpec, TypeVar
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 log = logging.getLogger("mn_node.aio")
+
+_RNG = random.Random()
 
 
 class Signal(Generic[P]):
@@ -81,7 +87,7 @@ class Backoff:
         self.base = base
         self.cap = cap
         self.attempt = 0
-        self._rng = rng or random.Random()
+        self._rng = rng or _RNG  # a Random of its own reads os.urandom: not on every store call
 
     def next_delay(self) -> float:
         """The delay before the next try; counts the attempt."""
@@ -91,3 +97,12 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mn_node import __version__
+from mn_node import __version__, aio
 from mn_node.api import build_app, server_ssl_context
 from mn_node.config import Config, NodeAddr, load_config
 from mn_node.discovery import MdnsDiscovery, StaticDiscovery
@@ -99,8 +99,9 @@ class Node:
         self._start_loops()
         self.status.up = True
         self.notifier.ready(f"listening on {cfg.bind_host}:{cfg.me.port}, API {cfg.api_bind}:{cfg.api_port}")
-        log.info("mn-node %s up as %s (incarnation %s), link %s:%d, API %s",
-                 __version__, cfg.name, p.incarnation, cfg.bind_host, cfg.me.port, cfg.api_url)
+        log.info("mn-node %s up as %s (incarnation %s), link %s:%d, API %s, event loop %s",
+                 __version__, cfg.name, p.incarnation, cfg.bind_host, cfg.me.port, cfg.api_url,
+                 type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     async def _bind_api(self) -> None:
         tls = server_ssl_context(self.cfg.api_tls)
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     for w in cfg.warnings:
         log.warning("%s", w)
     try:
-        return asyncio.run(run_node(cfg))
+        return aio.run(run_node(cfg))
     except KeyboardInterrupt:
         return EX_INTERRUPTED
 

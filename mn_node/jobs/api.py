@@ -82,14 +82,13 @@ async def submit(request: web.Request) -> web.Response:
     if unavailable is not None:
         return unavailable
     try:
-        job_id = await submit_job(node.store, raw, bundle_sha=None, node=node.name,
-                                  request={k: v for k, v in body.items() if k != "manifest"})
+        h = await submit_job(node.store, raw, bundle_sha=None, node=node.name,
+                             request={k: v for k, v in body.items() if k != "manifest"})
     except ManifestError as e:
         return json_response({"error": str(e), "problems": e.problems}, 400)
     except DataError as e:
         return error(400, str(e))
     node.kick_placement()
-    h = await get_job(node.store, job_id)
     return json_response(job_view(h), 201)
 
 

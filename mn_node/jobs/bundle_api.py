@@ -27,7 +27,7 @@ from mn_node.api import NODE_KEY, NodeAPI, error, json_response
 from mn_node.bundles import archive
 from mn_node.bundles.manifest import Validation, validate_bundle
 from mn_node.bundles.store import get_bundle, has_bundle, put_bundle
-from mn_node.jobs.state import get_job, job_view
+from mn_node.jobs.state import job_view
 from mn_node.jobs.submit import submit_job
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -121,9 +121,9 @@ async def run_bundle(request: web.Request) -> web.Response:
             "fix": "fix every problem listed (mn validate DIR shows them), then mn run DIR again",
             "problems": [str(p) for p in v.problems], "warnings": [str(w) for w in v.warnings],
         }, 400)
-    job_id = await submit_job(node.store, raw, bundle_sha=sha, node=node.name)
+    h = await submit_job(node.store, raw, bundle_sha=sha, node=node.name)
     node.kick_placement()
-    view = job_view(await get_job(node.store, job_id))
+    view = job_view(h)
     view["bundle"] = sha
     view["warnings"] = [str(w) for w in v.warnings]
     return json_response(view, 201)

@@ -28,7 +28,7 @@ from mn_node.jobs.graph import body_of, inbox, json_field, legacy_inputs
 from mn_node.jobs.inline import MISSING, run_inline, skipped
 from mn_node.jobs.manifest import Agent, Manifest, from_normalized
 from mn_node.jobs.progress import Progress
-from mn_node.jobs.state import TERMINAL, AgentState, JobKeys, agent_states, get_job, read_spec
+from mn_node.jobs.state import TERMINAL, AgentState, JobKeys, agent_states, read_start
 from mn_node.leases import Lease
 from mn_node.store import EVENTS_MAXLEN
 
@@ -59,7 +59,9 @@ class Coordinator:
         self.manifest: Manifest | None = None
         self.progress: Progress | None = None
         self._wake = asyncio.Event()
-        self._notified: set[str] = set()
+        # agents whose run ended since the last look: the state their node says it stored, or
+        # None (read it from Redis)
+        self._notified: dict[str, AgentState | None] = {}
         self._changed: set[str] = set()  # agents whose state changed since the last step looked
         self._run_s: float | None = None  # moving average of an executor run's duration
         self._started = time.monotonic()
@@ -69,10 +71,14 @@ class Coordinator:
         self.paused = False  # status 'paused' in Redis: nothing new is dispatched until resumed
         self.bundle: str | None = None
         self.handoff_requested = False
+        # a fresh job's first write (status running, pending states, events), sent with the
+        # first dispatch instead of on its own: one fenced call fewer per job
+        self._carry: tuple[dict[str, Any], dict[str, AgentState], list[tuple[str, dict[str, Any]]]] | None = None
 
     # ---- signals from the runtime ---------------------------------------------------------
-    def notify_done(self, agent_id: str) -> None:
-        self._notified.add(agent_id)
+    def notify_done(self, agent_id: str, told: AgentState | None = None) -> None:
+        if told is None or self._notified.get(agent_id, told) is not None:
+            self._notified[agent_id] = told  # a read from Redis, once asked for, is kept
         self._wake.set()
 
     def request_cancel(self) -> None:
@@ -104,7 +110,12 @@ class Coordinator:
         """One all-or-nothing fenced ``job_write``: job fields, agent states, events, and
         (``terminal``) leaving the active set, every key of the job expiring after the retention.
         False (nothing written, :attr:`paused` set) when the job is paused and the write would
-        dispatch an agent. Raises LeaseLost / FencedWriteRefused."""
+        dispatch an agent. A carried first write goes first in the same call. Raises LeaseLost /
+        FencedWriteRefused."""
+        carry = self._carry
+        if carry is not None:
+            job, agents = {**carry[0], **(job or {})}, {**carry[1], **(agents or {})}
+            events = [*carry[2], *(events or [])]
         args = [
             self.lease.token, self.lease.epoch,
             json.dumps({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in (job or {}).items()}),
@@ -118,6 +129,7 @@ class Coordinator:
         if not await self.rt.leases.fenced(self.lease, self.rt.store.scripts.job_write, keys, args):
             self.paused = True
             return False
+        self._carry = None
         for aid, st in (agents or {}).items():
             self._p.set(aid, st)
         return True
@@ -139,13 +151,13 @@ class Coordinator:
             self.rt.coordinator_done(self)
 
     async def _run(self) -> None:
-        h = await get_job(self.rt.store, self.job_id)
+        # Redis unavailable: handed back, not failed
+        h, spec, n_states = await read_start(self.rt.store, self.job_id)
         if not h or h.get("status") in TERMINAL:
             await self.rt.store.guard(self.rt.store.r.srem(self.rt.store.key("jobs", "active"), self.job_id))
             return
         self.bundle = h.get("bundle") or None
         self.paused = h.get("status") == "paused"
-        spec = await read_spec(self.rt.store, self.job_id)  # Redis unavailable: handed back, not failed
         try:  # validated at submit: only rebuilt here (a 100k-agent manifest validates in seconds)
             if spec is None:
                 raise ValueError("no readable spec")
@@ -155,29 +167,39 @@ class Coordinator:
             await self.write(job={"status": "failed", "error": f"stored manifest invalid: {e!r}"},
                              events=[("job_failed", {"reason": f"stored manifest invalid: {e!r}"})], terminal=True)
             return
-        known = await agent_states(self.rt.store, self.job_id)
+        assert self.manifest is not None
+        self._run_s = self.rt.run_s.get(self.manifest.graph_id)
+        known = await agent_states(self.rt.store, self.job_id) if n_states else {}
         self._p.load(known)
         self._changed = set(known)
         if h.get("status") in ("running", "paused"):
             await self._recover(h, known)
         else:
             await self._write_fresh(known, job={"status": "running", "started_ms": int(time.time() * 1000)},
-                                    events=[("job_scheduled", {"owner": self.rt.node}), ("job_running", {})])
+                                    events=[("job_scheduled", {"owner": self.rt.node}), ("job_running", {})],
+                                    carry=True)
             log.info("coordinating job %s (epoch %d, %d agents)", self.job_id, self.lease.epoch,
                      len(self.states))
         await self._loop()
 
     async def _write_fresh(self, known: dict[str, AgentState], job: dict[str, Any],
-                           events: list[tuple[str, dict[str, Any]]]) -> None:
+                           events: list[tuple[str, dict[str, Any]]], carry: bool = False) -> None:
         """Record the agents without a state as pending (in chunks: one script call never holds
-        Redis for long), the last chunk together with the job's fields and events."""
+        Redis for long), the last chunk together with the job's fields and events; with
+        ``carry``, that last write goes with the next one (the first dispatch)."""
         m = self.manifest
         assert m is not None
         fresh = [aid for aid in m.agents if aid not in known]
         chunks = [fresh[i:i + FRESH_CHUNK] for i in range(0, len(fresh), FRESH_CHUNK)] or [[]]
         for chunk in chunks[:-1]:
             await self.write(agents={aid: AgentState() for aid in chunk})
-        await self.write(job=job, agents={aid: AgentState() for aid in chunks[-1]}, events=events)
+        last = {aid: AgentState() for aid in chunks[-1]}
+        if carry:
+            self._carry = (job, last, events)
+            for aid, st in last.items():
+                self._p.set(aid, st)
+            return
+        await self.write(job=job, agents=last, events=events)
 
     async def _recover(self, h: dict[str, str], known: dict[str, AgentState]) -> None:
         done = self._p.completed
@@ -206,6 +228,8 @@ class Coordinator:
                 return  # run() -> coordinator_done releases the lease (fenced)
             if not self.paused and await self._step():
                 return
+            if self._carry is not None:  # the first step dispatched nothing: the first write alone
+                await self.write()
             if not self._notified:
                 await wait_event(self._wake, self.rt.tick)
             if self.paused and await self._check_paused():
@@ -366,6 +390,9 @@ class Coordinator:
         m = self.manifest
         assert m is not None
         caps = await self.rt.capacities()
+        window = self._window()
+        # the nodes that may take new executors, in a stable order (draining ones never)
+        open_nodes = [(n, cap * window) for n, cap in sorted(caps.items()) if n not in self.rt.draining]
         plan: dict[str, AgentState] = {}
         planned: dict[str, int] = {}  # node -> slots of the runs planned there
         plan_events: list[tuple[str, dict[str, Any]]] = []
@@ -378,7 +405,7 @@ class Coordinator:
                 done_now[aid] = skipped(self.rt.node)
                 events.append(("agent_skipped", {"agent": aid, "reason": "received no message"}))
                 continue
-            node = self._pick_node(caps, agent, planned)
+            node = self._pick_node(open_nodes, agent, planned)
             if node is None:
                 if agent.is_command and not any(self.rt.allows_commands(n) for n in caps):
                     self._p.take()
@@ -388,12 +415,10 @@ class Coordinator:
             self._p.take()
             self._plan(aid, node, plan, planned, plan_events)
         self._p.requeue(deferred)
-        if done_now:
-            await self.write(agents=done_now, events=events)
         if deferred and not plan and time.monotonic() - self._started >= NO_COMMAND_NODE_GRACE_S:
-            await self._finish("failed", error=NO_COMMAND_NODE)
+            await self._finish("failed", agents=done_now, events=events, error=NO_COMMAND_NODE)
             return True
-        await self._record_and_send(plan, plan_events)
+        await self._record_and_send(plan, plan_events, done_now, events)
         return False
 
     def _replay(self, aids: Iterable[str]) -> None:
@@ -417,13 +442,17 @@ class Coordinator:
         events.append((kind, {"agent": aid, "attempt": st.attempt, "node": node,
                               **({"previous_node": old.node} if old.node else {})}))
 
-    async def _record_and_send(self, plan: dict[str, AgentState], events: list[tuple[str, dict[str, Any]]]) -> None:
-        if not plan:
+    async def _record_and_send(self, plan: dict[str, AgentState], events: list[tuple[str, dict[str, Any]]],
+                               done: dict[str, AgentState], done_events: list[tuple[str, dict[str, Any]]]) -> None:
+        """One fenced write of the agents that completed in this step (``done``) and the
+        dispatches of ``plan``, then the runs are sent. Paused meanwhile: the dispatches are
+        refused, so ``done`` is written alone and the plan goes back to the queue."""
+        if plan and await self.write(agents={**done, **plan}, events=[*done_events, *events]):
+            await self._send(plan)
             return
-        if not await self.write(agents=plan, events=events):  # paused meanwhile: nothing recorded
-            self._p.requeue(plan)
-            return
-        await self._send(plan)
+        self._p.requeue(plan)
+        if done or self._carry is not None:
+            await self.write(agents=done, events=done_events)
 
     async def _send(self, plan: dict[str, AgentState]) -> None:
         by_node: dict[str, list[dict[str, Any]]] = {}
@@ -447,20 +476,19 @@ class Coordinator:
             return PREFETCH
         return max(PREFETCH, min(MAX_WINDOW, math.ceil(WINDOW_TARGET_S / max(self._run_s, 1e-4))))
 
-    def _pick_node(self, caps: dict[str, int], agent: Agent, planned: dict[str, int]) -> str | None:
-        """The node with the most free slots (round robin among equals) among those that may run
-        the agent (command agents: only nodes with MIRROR_NEURON_COMMANDS on; never a draining
-        node). Each node gets up to :meth:`_window` x its capacity (``planned`` runs included),
-        so its pool never idles while a completion travels back to us."""
+    def _pick_node(self, open_nodes: list[tuple[str, int]], agent: Agent, planned: dict[str, int]) -> str | None:
+        """The node with the most free slots (round robin among equals) among ``open_nodes``
+        (not draining; each with :meth:`_window` x its capacity) that may run the agent
+        (command agents: only nodes with MIRROR_NEURON_COMMANDS on). Each node gets up to that
+        many runs (``planned`` ones included), so its pool never idles while a completion
+        travels back to us."""
         best: list[str] = []
         best_free = 0
-        window = self._window()
-        for node, cap in sorted(caps.items()):
-            if node in self.rt.draining:
-                continue  # takes no new executors
+        inflight = self._p.inflight
+        for node, most in open_nodes:
             if agent.is_command and not self.rt.allows_commands(node):
                 continue
-            free = cap * window - self._p.inflight.get(node, 0) - planned.get(node, 0)
+            free = most - inflight.get(node, 0) - planned.get(node, 0)
             if free > best_free:
                 best, best_free = [node], free
             elif free == best_free and free > 0:
@@ -482,16 +510,29 @@ class Coordinator:
             if isinstance(d, (int, float)) and not isinstance(d, bool) and d >= 0:
                 s = float(d) / 1000
                 self._run_s = s if self._run_s is None else 0.8 * self._run_s + 0.2 * s
+                if self.manifest is not None:
+                    self.rt.remember_run_s(self.manifest.graph_id, self._run_s)
         self._p.set(aid, st)
         self._changed.add(aid)
 
     async def _refresh_notified(self) -> None:
+        """Absorb the runs that ended: a told state when it is the result of the attempt we
+        wait for (an older one's is ignored: Redis holds the newer), else what Redis holds."""
         if not self._notified:
             return
-        ids = sorted(self._notified)
-        self._notified.clear()
-        for aid, st in zip(ids, await self._read_states(ids), strict=True):
-            if st is not None and aid in self.states:
+        notified, self._notified = self._notified, {}
+        unread: list[str] = []
+        for aid, told in notified.items():
+            cur = self.states.get(aid)
+            if cur is None:
+                continue
+            if told is None:
+                unread.append(aid)
+            elif told.attempt == cur.attempt and cur.status != "completed":
+                self._absorb(aid, told)
+        unread.sort()
+        for aid, st in zip(unread, await self._read_states(unread), strict=True):
+            if st is not None:
                 self._absorb(aid, st)
 
     async def _refresh_full(self) -> bool:

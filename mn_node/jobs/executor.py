@@ -32,6 +32,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,8 @@ from mn_node.errors import EX_UNAVAILABLE, ConfigError, LinkError, MirrorNeuronE
 from mn_node.jobs import tasks
 from mn_node.jobs.batch import Batcher
 from mn_node.jobs.outcome import Outcome, attempt_record, outcome_of
+from mn_node.jobs.progress import KEPT_EXTRA
 from mn_node.jobs.state import JobKeys
-from mn_node.leases import Holder
 from mn_node.link.manager import LinkManager
 from mn_node.runners.base import RunRequest, RunResult, envelope
 from mn_node.runners.command import CommandRunner
@@ -60,6 +61,9 @@ STORE_CALL_BYTES = 1 << 20  # a store_results call carries about this much at mo
 CHUNK_MAX = 16  # entry-point runs in one pool submission
 CHUNK_UNDER_S = 0.01  # only tasks whose recent runs took less than this are chunked
 LOG_CHUNK = 64 * 1024  # most bytes per stream one exec.logs answer carries
+TOLD_OUTPUT_MAX = 16 * 1024  # a bigger output is not sent along with the result: it is read from Redis
+TOLD_EXTRA = KEPT_EXTRA | {"duration_ms"}  # the extra fields a coordinator keeps (and its run-time estimate)
+CANCELLED_KEEP = 4096  # ended jobs remembered, so a command run still waiting for a slot never starts
 
 
 def _warm() -> int:
@@ -178,7 +182,8 @@ class ExecutorService:
         self._stopping = False
         self.draining = False  # set by the drain control: new runs are refused, known ones go on
         self.runs: dict[tuple[str, str], Run] = {}
-        self.cancelled: set[str] = set()
+        # jobs recently ended or cancelled here, oldest first (bounded: a node sees millions of jobs)
+        self.cancelled: dict[str, None] = {}
         self.completed = 0
         self.refused = 0
         self.skipped = 0
@@ -289,7 +294,7 @@ class ExecutorService:
             else:
                 self._enqueue(run)
             accepted.append(req["agent"])
-        self.cancelled.discard(job_id)
+        self.cancelled.pop(job_id, None)
         return {"accepted": accepted}
 
     def _drop(self, run: Run) -> bool:
@@ -333,18 +338,25 @@ class ExecutorService:
             raise LookupError(f"task {req['task']!r} is not installed on {self.node}")
 
     def on_status(self, frm: str, msg: Any) -> list[bool]:
+        """``{job, agents: [[id, attempt], ...]}`` -> is each still running here at that attempt?
+        The asker coordinates the job now (a successor adopting runs): their results are told to it."""
         job_id = str(msg["job"])
         out = []
         for aid, attempt in msg["agents"]:
             run = self.runs.get((job_id, str(aid)))
-            out.append(run is not None and run.attempt == int(attempt))
+            known = run is not None and run.attempt == int(attempt)
+            if run is not None and known:
+                run.owner = frm
+            out.append(known)
         return out
 
     def on_cancel(self, frm: str, msg: Any) -> int:
         """The job ended or was cancelled: drop queued runs, kill running command groups, and
         remove the job's scratch directories once they are gone (its logs stay in Redis)."""
         job_id = str(msg["job"])
-        self.cancelled.add(job_id)
+        self.cancelled[job_id] = None
+        if len(self.cancelled) > CANCELLED_KEEP:
+            del self.cancelled[next(iter(self.cancelled))]
         n = 0
         running: list[asyncio.Task[None]] = []
         for (jid, _), run in list(self.runs.items()):
@@ -354,7 +366,8 @@ class ExecutorService:
                 n += self._drop(run)
             elif run.task is not None:
                 running.append(run.task)
-        asyncio.get_running_loop().create_task(self._end_job(job_id, running), name=f"end {job_id}")
+        if running or self.commands.has_scratch(job_id):  # entry-point runs leave nothing behind
+            asyncio.get_running_loop().create_task(self._end_job(job_id, running), name=f"end {job_id}")
         return n
 
     async def _end_job(self, job_id: str, running: list[asyncio.Task[None]]) -> None:
@@ -566,7 +579,7 @@ class ExecutorService:
                 if isinstance(r, str):
                     log.debug("claim of %s/%s attempt %d refused: %s", job_id, run.agent, run.attempt, r)
 
-        await asyncio.gather(*(claim(j, runs) for j, runs in by_job.items()))
+        await _each(claim, by_job)
         for runs, fut in batch:
             if not fut.done():
                 fut.set_result([answer.get(id(r)) for r in runs])
@@ -588,23 +601,24 @@ class ExecutorService:
         by_job: dict[str, list[Stored]] = {}
         for item in batch:
             by_job.setdefault(item.run.job_id, []).append(item)
-        await asyncio.gather(*(self._store_job(job_id, items) for job_id, items in by_job.items()))
+        await _each(self._store_job, by_job)
 
     async def _store_job(self, job_id: str, items: list[Stored]) -> None:
         """Store the results of one job's runs, tell its coordinator, then forget the runs."""
         k = JobKeys(self.store, job_id)
         res: list[Any] = []
+        args = [_store_args(self.node, it) for it in items]
         try:
-            for part in _parts([_store_args(self.node, it) for it in items]):
-                res += await self._store_call(k, [a for args in part for a in args])
+            for part in _parts(args):
+                res += await self._store_call(k, [a for item_args in part for a in item_args])
         except RedisUnavailable as e:
             log.warning("results of %d run(s) of %s not stored: %s (the coordinator will replay them)",
                         len(items) - len(res), job_id, e)
-        stored: list[Run] = []
-        for item, r in zip(items, res, strict=False):
+        stored: list[tuple[Run, list[Any] | None]] = []
+        for item, item_args, r in zip(items, args, res, strict=False):
             if r == 1:
                 self.completed += 1
-                stored.append(item.run)
+                stored.append((item.run, _told_state(item, item_args)))
             elif isinstance(r, str):
                 self.refused += 1
                 log.info("result of %s/%s attempt %d refused: %s", job_id, item.run.agent, item.run.attempt, r)
@@ -627,17 +641,17 @@ class ExecutorService:
                     raise
                 await asyncio.sleep(backoff.next_delay())
 
-    async def _tell_owners(self, job_id: str, runs: list[Run]) -> None:
-        """One ``job.agents_done`` per coordinator: the ones that dispatched the runs, and the
-        current lease holder if ownership moved (the lease is read once per job and flush)."""
+    async def _tell_owners(self, job_id: str, stored: list[tuple[Run, list[Any] | None]]) -> None:
+        """One ``job.agents_done`` per coordinator of the runs: the one that dispatched each, or
+        the successor that adopted it (:meth:`on_status`). ``states`` carries what was stored
+        (:func:`_told_state`), so the coordinator need not read it back. A coordinator that is
+        not told (it took the job over after the result was stored) finds it in Redis: it
+        re-reads the state of every run it did not adopt, and every in-flight state every few
+        seconds."""
+        runs = [run for run, _ in stored]
         targets = {run.owner for run in runs}
-        try:
-            token = await self.store.guard(self.store.r.get(self.store.key("lease", f"job:{job_id}")))
-            if token:
-                targets.add(Holder(str(token), 0).node)
-        except RedisUnavailable:
-            pass
-        msg = {"job": job_id, "agents": [r.agent for r in runs], "attempts": [r.attempt for r in runs]}
+        msg = {"job": job_id, "agents": [r.agent for r in runs], "attempts": [r.attempt for r in runs],
+               "states": [st for _, st in stored]}
         for node in targets:
             if node == self.node:
                 self.local_done.emit(msg)
@@ -646,6 +660,25 @@ class ExecutorService:
                 self.links.send(node, "job.agents_done", msg)
             except LinkError:
                 pass  # the coordinator's periodic refresh picks the results up from Redis
+
+
+async def _each(fn: Callable[[str, Any], Awaitable[None]], by_job: dict[str, Any]) -> None:
+    """``fn(job, items)`` for every job, concurrently; one job (the usual batch) without a task."""
+    if len(by_job) == 1:
+        await fn(*next(iter(by_job.items())))
+    else:
+        await asyncio.gather(*(fn(job_id, items) for job_id, items in by_job.items()))
+
+
+def _told_state(item: Stored, args: list[Any]) -> list[Any] | None:
+    """What the coordinator is told of a stored run, as ``store_results`` wrote it:
+    ``[status, output JSON or None, error, extra it keeps]``; None for an output too big
+    to send (the coordinator reads that one from Redis)."""
+    out = item.outcome
+    if out is None or len(args[3]) > TOLD_OUTPUT_MAX:
+        return None
+    extra = {k: v for k, v in out.extra.items() if k in TOLD_EXTRA}
+    return [out.status, args[3] if out.status == "completed" else None, out.error, extra]
 
 
 def _store_args(node: str, item: Stored) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from mn_node.config import DEFAULT_JOB_RETENTION_MS
 from mn_node.errors import MirrorNeuronError, NotConnected
 from mn_node.jobs.coordinator import Coordinator
 from mn_node.jobs.executor import ExecutorService
+from mn_node.jobs.state import AgentState
 from mn_node.leases import Lease, LeaseManager
 from mn_node.link.manager import LinkManager
 from mn_node.membership import Membership
@@ -22,6 +24,18 @@ from mn_node.store import Store
 log = logging.getLogger("mn_node.jobs")
 
 CALL_TIMEOUT = 3.0
+RUN_S_GRAPHS = 1000  # graphs whose run time is remembered
+
+
+def _told(node: str, attempt: Any, told: Any) -> AgentState | None:
+    """The agent state an executing node says it stored (``[status, output JSON, error,
+    extra]``), None when it sent none or it cannot be read (then the state is read from Redis)."""
+    try:
+        status, output, error, extra = told
+        return AgentState(str(status), int(attempt), node, json.loads(output) if output else None,
+                          str(error or ""), dict(extra))
+    except (TypeError, ValueError):
+        return None
 
 
 class JobRuntime:
@@ -47,6 +61,9 @@ class JobRuntime:
         self._commands: set[str] = set()  # nodes whose registration says commands=on
         self._caps_at = 0.0
         self._caps_lock = asyncio.Lock()
+        # graph id -> moving average of its executor runs' duration, so a new job of a graph this
+        # node coordinated before sends as far ahead as its runs allow from its first dispatch
+        self.run_s: dict[str, float] = {}
         self.draining: set[str] = set()  # nodes being drained (set by the drain control each pass)
         # a coordinator of this node stopped (its job id): placement looks again at once
         self.coordinator_exited: Signal[[str]] = Signal("coordinator exited")
@@ -72,6 +89,12 @@ class JobRuntime:
         self.coordinators[job_id] = c
         self._tasks[job_id] = asyncio.get_running_loop().create_task(c.run(), name=f"coordinator {job_id}")
 
+    def remember_run_s(self, graph_id: str, seconds: float) -> None:
+        self.run_s.pop(graph_id, None)  # most recent last: the oldest graph goes first
+        self.run_s[graph_id] = seconds
+        if len(self.run_s) > RUN_S_GRAPHS:
+            del self.run_s[next(iter(self.run_s))]
+
     def coordinator_done(self, c: Coordinator) -> None:
         if self.coordinators.get(c.job_id) is c:
             del self.coordinators[c.job_id]
@@ -92,11 +115,16 @@ class JobRuntime:
             c.notify_done(str(msg.get("agent")))
 
     def _on_agents_done(self, frm: str, msg: Any) -> None:
-        """``{job, agents: [id, ...], attempts: [n, ...]}``: results stored by an executing node."""
+        """``{job, agents: [id, ...], attempts: [n, ...], states: [told state or None, ...]}``:
+        results stored by the executing node ``frm`` (``states``, from nodes of this version:
+        what was stored, so the coordinator need not read it back)."""
         c = self.coordinators.get(str(msg.get("job")))
-        if c is not None:
-            for aid in msg.get("agents") or []:
-                c.notify_done(str(aid))
+        if c is None:
+            return
+        agents, attempts = msg.get("agents") or [], msg.get("attempts") or []
+        states = msg.get("states") or [None] * len(agents)
+        for aid, attempt, told in zip(agents, attempts, states, strict=False):
+            c.notify_done(str(aid), _told(frm, attempt, told))
 
     def _on_cancel(self, frm: str, msg: Any) -> None:
         c = self.coordinators.get(str(msg.get("job")))

@@ -147,29 +147,50 @@ async def read_spec(store: Store, job_id: str) -> dict[str, Any] | None:
     """The job's normalized manifest (None: no such job, or no readable spec). A big one is
     decompressed and parsed off the event loop."""
     raw = await store.guard(store.r.hmget(store.key("job", job_id), list(SPEC_FIELDS)))
+    return await _spec_of(raw)
+
+
+async def _spec_of(raw: list[str | None]) -> dict[str, Any] | None:
     h = {k: v for k, v in zip(SPEC_FIELDS, raw, strict=True) if v}
     if sum(len(v) for v in h.values()) > 1 << 20:
         return await asyncio.to_thread(decode_spec, h)
     return decode_spec(h)
 
 
+START_FIELDS = ("status", "bundle", "owner", "epoch")
+
+
+async def read_start(store: Store, job_id: str) -> tuple[dict[str, str], dict[str, Any] | None, int]:
+    """What a coordinator reads first, in one round trip: the job's :data:`START_FIELDS` ({} for
+    no job), its normalized manifest (None when unreadable) and how many agent states it has
+    (none yet for a fresh job: then there is nothing more to read)."""
+    k = JobKeys(store, job_id)
+    pipe = store.r.pipeline(transaction=False)
+    pipe.hmget(k.job, [*START_FIELDS, *SPEC_FIELDS])
+    pipe.hlen(k.agents)
+    values, n = await store.guard(pipe.execute())
+    h = {f: v for f, v in zip(START_FIELDS, values, strict=False) if v is not None}
+    return h, await _spec_of(values[len(START_FIELDS):]), int(n)
+
+
 def new_job_id(graph_id: str) -> str:
     return f"{graph_id}-{int(time.time() * 1000)}-{os.urandom(6).hex()}"
 
 
-async def create_job(store: Store, manifest: Manifest, node: str, request: dict[str, Any]) -> str:
+async def create_job(store: Store, manifest: Manifest, node: str, request: dict[str, Any]) -> dict[str, str]:
+    """Write a new job (hash, history, active set, first events); returns its view fields as
+    written (what :func:`get_job` would read back at once, without a round trip)."""
     job_id = new_job_id(manifest.graph_id)
     k = JobKeys(store, job_id)
     big = len(manifest.agents) > OFFLOAD_AGENTS
     spec_z = await asyncio.to_thread(encode_spec, manifest.raw) if big else encode_spec(manifest.raw)
     now = int(time.time() * 1000)
+    view = {"job_id": job_id, "graph_id": manifest.graph_id, "job_name": manifest.job_name, "status": "pending",
+            "submitted_ms": str(now), "updated_ms": str(now), "agents_total": str(len(manifest.agents)),
+            "agents_done": "0", "epoch": "0"}
     pipe = store.r.pipeline(transaction=True)
-    pipe.hset(k.job, mapping={
-        "job_id": job_id, "graph_id": manifest.graph_id, "job_name": manifest.job_name,
-        "status": "pending", "spec_z": spec_z, "request": json.dumps(request),
-        "submitted_ms": now, "updated_ms": now, "submitted_via": node,
-        "agents_total": len(manifest.agents), "agents_done": 0, "epoch": 0,
-    })
+    fields: dict[Any, Any] = {**view, "spec_z": spec_z, "request": json.dumps(request), "submitted_via": node}
+    pipe.hset(k.job, mapping=fields)
     if manifest.bundle:
         pipe.hset(k.job, "bundle", manifest.bundle)
         pipe.sadd(bundle_refs_key(store, manifest.bundle), job_id)
@@ -182,7 +203,9 @@ async def create_job(store: Store, manifest: Manifest, node: str, request: dict[
     # acknowledged to the client only once a replica has it (replicated mode): a submit that a
     # failover lost would otherwise be a job the user was told exists
     await store.guard(store.execute_replicated(pipe))
-    return job_id
+    if manifest.bundle:
+        view["bundle"] = manifest.bundle
+    return view
 
 
 async def cancel_job(store: Store, job_id: str, node: str, reason: str,

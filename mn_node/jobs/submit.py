@@ -15,11 +15,12 @@ from mn_node.store import Store
 
 
 async def submit_job(store: Store, manifest_raw: dict[str, Any], *, bundle_sha: str | None, node: str,
-                     request: dict[str, Any] | None = None) -> str:
+                     request: dict[str, Any] | None = None) -> dict[str, str]:
     """Validate ``manifest_raw`` (either manifest format) with the one validator and write the
     job (hash, history, active set, first events); returns the job id. The stored spec is the
     normalized manifest plus ``"bundle": bundle_sha`` for a bundle job, whose archive must
-    already be in Redis (:func:`mn_node.bundles.store.put_bundle`). Raises
+    already be in Redis (:func:`mn_node.bundles.store.put_bundle`). Returns the job's view fields
+    as written (``job_id`` among them). Raises
     :class:`~mn_node.jobs.manifest.ManifestError` (every problem) or ``DataError`` (exit 65),
     ``RedisUnavailable`` when Redis does not answer. The caller kicks placement."""
     args = (manifest_raw, set(tasks.available()), set(REDUCERS), bundle_sha)

@@ -168,6 +168,10 @@ class CommandRunner:
                     told += 1
         return told
 
+    def has_scratch(self, job_id: str) -> bool:
+        """Does ``job_id`` have a scratch directory here (a command of it ran on this node)?"""
+        return (self.scratch_root / sandbox.safe_name(job_id)).exists()
+
     def remove_job(self, job_id: str) -> None:
         shutil.rmtree(self.scratch_root / sandbox.safe_name(job_id), ignore_errors=True)
 

@@ -84,7 +84,7 @@ async def _submit(c: Cluster, folder: Path) -> str:
     try:
         await put_bundle(store, data, sha)
         raw = json.loads((folder / "manifest.json").read_text())
-        return await submit_job(store, raw, bundle_sha=sha, node="tests")
+        return (await submit_job(store, raw, bundle_sha=sha, node="tests"))["job_id"]
     finally:
         await store.close()
 

@@ -25,7 +25,7 @@ async def store(redis_server: RedisServer) -> Any:
 
 async def test_a_100k_agent_spec_is_stored_compressed_and_read_back(store: Store) -> None:
     raw = blueprints.generate("prime_sweep_scale", {"workers": 100_000, "chunk_size": 10})
-    job_id = await submit_job(store, raw, bundle_sha=None, node="t")
+    job_id = (await submit_job(store, raw, bundle_sha=None, node="t"))["job_id"]
     stored = await store.r.hget(JobKeys(store, job_id).job, "spec_z")
     assert stored is not None and len(stored) < 5_000_000, len(stored or "")  # ~38 MB as JSON
     assert await store.r.hexists(JobKeys(store, job_id).job, "spec") == 0
@@ -34,8 +34,8 @@ async def test_a_100k_agent_spec_is_stored_compressed_and_read_back(store: Store
 
 
 async def test_views_read_no_spec_and_count_executors_per_node(store: Store) -> None:
-    job_id = await submit_job(store, blueprints.generate("prime_sweep_scale", {"workers": 3}), bundle_sha=None,
-                              node="t")
+    job_id = (await submit_job(store, blueprints.generate("prime_sweep_scale", {"workers": 3}), bundle_sha=None,
+                              node="t"))["job_id"]
     key = JobKeys(store, job_id).job
     await store.r.hset(key, mapping={"node:mn1@a": 2, "node:mn2@b": 1, "agents_done": 3})
     h = await get_job(store, job_id)
@@ -50,8 +50,8 @@ async def test_views_read_no_spec_and_count_executors_per_node(store: Store) -> 
 
 async def test_a_job_stored_before_compression_is_read_the_same(store: Store) -> None:
     """Rolling upgrade: a job written by an older node holds its spec as plain JSON in ``spec``."""
-    job_id = await submit_job(store, blueprints.generate("prime_sweep_scale", {"workers": 2}), bundle_sha=None,
-                              node="t")
+    job_id = (await submit_job(store, blueprints.generate("prime_sweep_scale", {"workers": 2}), bundle_sha=None,
+                              node="t"))["job_id"]
     key = JobKeys(store, job_id).job
     spec = await read_spec(store, job_id)
     await store.r.hdel(key, "spec_z")

@@ -27,7 +27,7 @@ SMALL = blueprints.generate("prime_sweep_scale", {"workers": 2, "start": 1000, "
 
 async def _job(s: Store, bundle: str | None = None) -> str:
     """A submitted job (for ``bundle``: one that refers to that stored bundle)."""
-    return await submit_job(s, SMALL, bundle_sha=bundle, node="t")
+    return (await submit_job(s, SMALL, bundle_sha=bundle, node="t"))["job_id"]
 
 
 async def _terminal_write(s: Store, leases: LeaseManager, job_id: str, status: str = "completed",
