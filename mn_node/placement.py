@@ -29,10 +29,10 @@ from mn_node.membership import Member, Membership
 from mn_node.store import Store
 
 INDEX_TRIM_EVERY_S = 5.0
-# a storm of kicks (hundreds of submits a second) re-reads every active job's lease at most this
-# often; a pass in between reads only the jobs not seen leased by a live node (the new ones), so
-# a kick costs O(new jobs), not O(active jobs). A membership change forces a full pass.
-FULL_PASS_EVERY_S = 0.1
+# a storm of kicks (hundreds of submits a second) re-reads every active job's lease no more often
+# than a quiet node does (every renew interval); a pass in between reads only the jobs not seen
+# leased by a live node (the new ones), so a kick costs O(new jobs), not O(active jobs). A
+# membership change forces a full pass.
 INDEX_TRIM_BATCH = 1000
 
 log = logging.getLogger("mn_node.placement")
@@ -62,7 +62,8 @@ class Placement:
         self.grace = leases.ttl_ms / 1000
         self._free_since: dict[str, float] = {}
         self._held: set[str] = set()  # jobs whose lease a live node held at this node's last look
-        self._last_full = -FULL_PASS_EVERY_S
+        self._full_every = self.tick
+        self._last_full = -self._full_every
         self._wake = asyncio.Event()
         self.sweeps = 0
         self.index_trimmed = 0  # expired job ids the leader dropped from the job indexes
@@ -74,7 +75,7 @@ class Placement:
         self.drain = DrainControl(node, store, runtime, members, election, self.kick_all)
 
     def _on_change(self, m: Member) -> None:
-        self._last_full = -FULL_PASS_EVERY_S  # a holder may be gone: look at every job again
+        self._last_full = -self._full_every  # a holder may be gone: look at every job again
         self._wake.set()
 
     def kick_all(self) -> None:
@@ -102,7 +103,7 @@ class Placement:
         await self._trim_index()
         active: set[str] = await self.store.guard(self.store.r.smembers(self.store.key("jobs", "active")))
         now = time.monotonic()
-        full = now - self._last_full >= FULL_PASS_EVERY_S
+        full = now - self._last_full >= self._full_every
         if full:
             self._last_full = now
         self._held &= active
@@ -111,7 +112,7 @@ class Placement:
             if j not in active:
                 del self._free_since[j]
         # jobs skipped by a partial pass are looked at again by the full pass that follows soon
-        delay = self.tick if full or not self._held else min(self.tick, self._last_full + FULL_PASS_EVERY_S - now)
+        delay = self.tick if full or not self._held else min(self.tick, self._last_full + self._full_every - now)
         if not candidates:
             return delay
         pipe = self.store.r.pipeline(transaction=False)

@@ -428,6 +428,35 @@ end
 return out
 """
 
+# A new job in one call: its hash, its place in the history and the active set, its first two
+# events (job_pending, job_validated) and, for a bundle job, its reference to the bundle (which
+# then never expires while the job lives).
+# KEYS: job hash, history zset, active set, job events stream[, bundle, bundle's live-job set]
+# ARGV: job id, submitted ms, node, events maxlen, event data (JSON), then field/value pairs
+# Returns 1; an error (nothing written) when the job id is taken.
+CREATE_JOB = _ARGS + """
+local err = check_numbers(2, 4) or check_pairs(6)
+if err then return err end
+if #KEYS ~= 4 and #KEYS ~= 6 then
+  return redis.error_reply('create_job: expected 4 keys, or 6 with a bundle')
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('create_job: job ' .. ARGV[1] .. ' exists already')
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+for _, etype in ipairs({'job_pending', 'job_validated'}) do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'type', etype, 'node', ARGV[3], 'epoch', '',
+    'data', ARGV[5])
+end
+if #KEYS == 6 then
+  redis.call('SADD', KEYS[6], ARGV[1])
+  redis.call('PERSIST', KEYS[5])
+end
+return 1
+"""
+
 # KEYS: job hash, job events stream, active set, agents hash, runs hash, attempts hash,
 #       job lease epoch counter, history zset, expiry zset[, bundle, bundle's live-job set]
 # ARGV: job id, node, reason, events maxlen, retention ms

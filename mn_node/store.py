@@ -89,6 +89,7 @@ class Scripts:
         self.job_write = Script(store, "job_write", scripts.JOB_WRITE)
         self.store_results = Script(store, "store_results", scripts.STORE_RESULTS)
         self.claim_starts = Script(store, "claim_starts", scripts.CLAIM_STARTS)
+        self.create_job = Script(store, "create_job", scripts.CREATE_JOB)
         self.cancel_job = Script(store, "cancel_job", scripts.CANCEL_JOB)
         self.pause_job = Script(store, "pause_job", scripts.PAUSE_JOB)
         self.prune_job = Script(store, "prune_job", scripts.PRUNE_JOB)

@@ -182,6 +182,7 @@ class ExecutorService:
         self._stopping = False
         self.draining = False  # set by the drain control: new runs are refused, known ones go on
         self.runs: dict[tuple[str, str], Run] = {}
+        self._job_runs: dict[str, set[str]] = {}  # job -> its agents in self.runs (a job's end is O(its runs))
         # jobs recently ended or cancelled here, oldest first (bounded: a node sees millions of jobs)
         self.cancelled: dict[str, None] = {}
         self.completed = 0
@@ -289,6 +290,7 @@ class ExecutorService:
             run = Run(job_id, str(req["agent"]), int(req["attempt"]), str(msg.get("owner") or frm), req,
                       max(1, min(int(req.get("slots", 1) or 1), self.capacity)))
             self.runs[key] = run
+            self._job_runs.setdefault(job_id, set()).add(run.agent)
             if req.get("runner") == "command":
                 run.task = asyncio.get_running_loop().create_task(self._execute_command(run), name=f"exec {key}")
             else:
@@ -317,6 +319,11 @@ class ExecutorService:
         key = (run.job_id, run.agent)
         if self.runs.get(key) is run:
             del self.runs[key]
+            agents = self._job_runs.get(run.job_id)
+            if agents is not None:
+                agents.discard(run.agent)
+                if not agents:
+                    del self._job_runs[run.job_id]
 
     def stop_runs(self, why: str) -> int:
         """Drain deadline: stop every run here (a command's group is killed before its task
@@ -359,9 +366,8 @@ class ExecutorService:
             del self.cancelled[next(iter(self.cancelled))]
         n = 0
         running: list[asyncio.Task[None]] = []
-        for (jid, _), run in list(self.runs.items()):
-            if jid != job_id:
-                continue
+        for agent in list(self._job_runs.get(job_id, ())):
+            run = self.runs[(job_id, agent)]
             if not run.started:
                 n += self._drop(run)
             elif run.task is not None:

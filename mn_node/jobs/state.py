@@ -188,23 +188,14 @@ async def create_job(store: Store, manifest: Manifest, node: str, request: dict[
     view = {"job_id": job_id, "graph_id": manifest.graph_id, "job_name": manifest.job_name, "status": "pending",
             "submitted_ms": str(now), "updated_ms": str(now), "agents_total": str(len(manifest.agents)),
             "agents_done": "0", "epoch": "0"}
-    pipe = store.r.pipeline(transaction=True)
-    fields: dict[Any, Any] = {**view, "spec_z": spec_z, "request": json.dumps(request), "submitted_via": node}
-    pipe.hset(k.job, mapping=fields)
-    if manifest.bundle:
-        pipe.hset(k.job, "bundle", manifest.bundle)
-        pipe.sadd(bundle_refs_key(store, manifest.bundle), job_id)
-        pipe.persist(bundle_key(store, manifest.bundle))  # a bundle a live job uses never expires
-    pipe.zadd(k.history, {job_id: now})
-    pipe.sadd(k.active, job_id)
-    for etype in ("job_pending", "job_validated"):
-        pipe.xadd(k.events, {"type": etype, "node": node, "epoch": "", "data": json.dumps(
-            {"agents": len(manifest.agents), "graph_id": manifest.graph_id})}, maxlen=EVENTS_MAXLEN, approximate=True)
-    # acknowledged to the client only once a replica has it (replicated mode): a submit that a
-    # failover lost would otherwise be a job the user was told exists
-    await store.guard(store.execute_replicated(pipe))
     if manifest.bundle:
         view["bundle"] = manifest.bundle
+    fields = {**view, "spec_z": spec_z, "request": json.dumps(request), "submitted_via": node}
+    data = json.dumps({"agents": len(manifest.agents), "graph_id": manifest.graph_id})
+    # acknowledged to the client only once a replica has it (replicated mode, as every script):
+    # a submit that a failover lost would otherwise be a job the user was told exists
+    await store.scripts.create_job([k.job, k.history, k.active, k.events, *k.bundle(manifest.bundle)],
+                                   [job_id, now, node, EVENTS_MAXLEN, data, *(x for kv in fields.items() for x in kv)])
     return view
 
 
