@@ -10,7 +10,8 @@ a job of N workers has N + 3 agents: dispatcher, collector, summarizer). Measure
 
 * one job per size: agents/s from the submit to the terminal status, and the time per agent at
   the largest size against the smallest (flat: <= 1.3x);
-* ``--small-jobs`` jobs of 20 agents submitted concurrently (threads) through the API: jobs/s
+* ``--small-jobs`` jobs of 20 agents submitted concurrently through the API (16 threads, each
+  keeping one HTTP/1.1 connection per node, as a bulk client would): jobs/s
   from the first submit to the last terminal status (goal >= 200);
 * for the largest job: Redis bytes per agent (``used_memory`` delta and ``MEMORY USAGE`` of the
   job's keys) and the owner node's peak RSS (``VmHWM``);
@@ -26,17 +27,23 @@ is checked against an independent sieve. Table to stderr, one JSON object to std
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import multiprocessing
 import os
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import psutil
 import redis
 
 from bench._common import emit, machine, table
+from mn_node.config import api_token
 from mn_node.jobs.tasks import prime_range
 from tests.support.cluster import Cluster
 from tests.support.primes import sweep_count
@@ -136,6 +143,44 @@ def submit(c: Cluster, idx: int, workers: int, start: int) -> str:
     return str(c.post(idx, "/api/v1/jobs", body, timeout=300)["job_id"])
 
 
+class KeepAlive:
+    """Submits over one HTTP/1.1 connection per thread and node, as a client submitting in bulk
+    would (``urllib`` opens a connection per request: its setup would be measured, not the job)."""
+
+    def __init__(self, c: Cluster) -> None:
+        self.c = c
+        self.auth = f"Bearer {api_token(c.cookie.encode())}"
+        self.local = threading.local()
+
+    def _conn(self, idx: int) -> http.client.HTTPConnection:
+        conns: dict[int, http.client.HTTPConnection] = self.local.__dict__.setdefault("conns", {})
+        if idx not in conns:
+            url = urllib.parse.urlsplit(self.c.nodes[idx - 1].api)
+            conns[idx] = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=300)
+        return conns[idx]
+
+    def submit(self, idx: int, workers: int, start: int) -> str:
+        body = json.dumps({"blueprint": "prime_sweep_scale",
+                           "params": {"workers": workers, "start": start, "chunk_size": CHUNK}})
+        headers = {"Content-Type": "application/json", "Authorization": self.auth}
+        for tries in (1, 2):  # a connection the node closed while idle is opened again once
+            conn = self._conn(idx)
+            try:
+                conn.request("POST", "/api/v1/jobs", body, headers)
+                r = conn.getresponse()
+                data = r.read()
+            except (http.client.HTTPException, ConnectionError) as e:
+                conn.close()
+                self.local.conns.pop(idx, None)
+                if tries == 2:
+                    raise OSError(f"submit to node {idx} failed: {e}") from None
+                continue
+            if r.status != 201:
+                raise OSError(f"submit to node {idx}: HTTP {r.status}: {data[:200]!r}")
+            return str(json.loads(data)["job_id"])
+        raise AssertionError("unreachable")
+
+
 def exact(w: Watch, jid: str, workers: int, start: int) -> dict[str, Any]:
     res = w.result(jid) or {}
     got = res.get("prime_count") if isinstance(res, dict) else None
@@ -146,6 +191,7 @@ def exact(w: Watch, jid: str, workers: int, start: int) -> dict[str, Any]:
 def one_job(c: Cluster, w: Watch, workers: int, start: int, timeout: float, procs: int) -> dict[str, Any]:
     idx = c.live()[0].index
     mem0 = w.used_memory()
+    cpu_before = cpu_seconds(c, w)
     t0 = time.perf_counter()
     jid = submit(c, idx, workers, start)
     t_ack = time.perf_counter()
@@ -156,9 +202,10 @@ def one_job(c: Cluster, w: Watch, workers: int, start: int, timeout: float, proc
     end = w.until(jid, lambda j: j["status"] in TERMINAL, timeout)
     wall = end["t"] - t0
     n = agents_of(workers)
+    cpu = cpu_ms_per(cpu_before, cpu_seconds(c, w), n)
     out: dict[str, Any] = {"workers": workers, "agents": n, "job_id": jid, "status": end["status"],
                            "submit_s": t_ack - t0, "wall_s": wall, "agents_done": end["done"],
-                           "agents_per_s": end["done"] / wall, "owner": owner}
+                           "agents_per_s": end["done"] / wall, "owner": owner, "cpu_ms_per_agent": cpu}
     if end["status"] not in TERMINAL:
         out["timed_out"] = True
         cancel(c, jid)
@@ -177,38 +224,64 @@ def one_job(c: Cluster, w: Watch, workers: int, start: int, timeout: float, proc
     return out
 
 
+def cpu_seconds(c: Cluster, w: Watch) -> dict[str, float]:
+    """CPU seconds so far of each node's main process, of its executor pool, of Redis and of this
+    bench (which submits and watches from the same cores)."""
+    out: dict[str, float] = {}
+    for n in c.live():
+        try:
+            p = psutil.Process(n.pid)
+            t = p.cpu_times()
+            out["nodes"] = out.get("nodes", 0.0) + t.user + t.system
+            out["pools"] = out.get("pools", 0.0) + sum(sum(ch.cpu_times()[:2]) for ch in p.children(recursive=True))
+        except psutil.Error:
+            pass
+    t = psutil.Process(int(w.r.info("server")["process_id"])).cpu_times()
+    out["redis"] = t.user + t.system
+    t = psutil.Process().cpu_times()
+    out["bench"] = t.user + t.system
+    return out
+
+
+def cpu_ms_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """CPU milliseconds per unit (job or agent) between two :func:`cpu_seconds`, and their total."""
+    out = {k: round((after.get(k, 0.0) - before.get(k, 0.0)) * 1000 / max(1, n), 3) for k in after}
+    out["total"] = round(sum(out.values()), 3)
+    return out
+
+
 def small_jobs(c: Cluster, w: Watch, count: int, start: int, timeout: float, procs: int) -> dict[str, Any]:
     nodes = [n.index for n in c.live()]
     lat: list[float] = []
+    client = KeepAlive(c)
 
     def one(i: int) -> str | None:
         t = time.perf_counter()
         try:
-            jid = submit(c, nodes[i % len(nodes)], SMALL_WORKERS, start)
+            jid = client.submit(nodes[i % len(nodes)], SMALL_WORKERS, start)
         except OSError as e:  # refused or timed out: counted, the rest go on
             print(f"[scale] submit failed: {e}", file=sys.stderr, flush=True)
             return None
         lat.append(time.perf_counter() - t)
         return jid
 
+    cpu_before = cpu_seconds(c, w)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(16) as ex:
         submitted = list(ex.map(one, range(count)))
     ids = [j for j in submitted if j is not None]
     t_submitted = time.perf_counter()
     deadline = t0 + timeout
-    left = set(ids)
-    while left and time.perf_counter() < deadline:
-        pipe = w.r.pipeline(transaction=False)
-        order = sorted(left)
-        for jid in order:
-            pipe.hget(f"{w.ns}:job:{jid}", "status")
-        for jid, st in zip(order, pipe.execute(), strict=True):
-            if st in TERMINAL:
-                left.discard(jid)
-        if left:
-            time.sleep(0.05)
+    # a job leaves the active set in the write that makes it terminal: one SCARD per look
+    # instead of every job's status (the observer runs on the same cores as the cluster)
+    while w.r.scard(f"{w.ns}:jobs:active") and time.perf_counter() < deadline:
+        time.sleep(0.02)
     wall = time.perf_counter() - t0
+    cpu_after = cpu_seconds(c, w)
+    pipe = w.r.pipeline(transaction=False)
+    for jid in ids:
+        pipe.hget(f"{w.ns}:job:{jid}", "status")
+    left = {jid for jid, st in zip(ids, pipe.execute(), strict=True) if st not in TERMINAL}
     with ThreadPoolExecutor(16) as ex:  # cut at the timeout: not left running under the next part
         list(ex.map(lambda jid: cancel(c, jid), sorted(left)))
     want = sweep_count(start, SMALL_WORKERS, CHUNK)
@@ -220,6 +293,7 @@ def small_jobs(c: Cluster, w: Watch, count: int, start: int, timeout: float, pro
             "submit_s": t_submitted - t0, "submit_p50_s": lat[len(lat) // 2], "submit_max_s": lat[-1],
             "finished": len(ids) - len(left), "jobs_per_s": (len(ids) - len(left)) / wall, "wrong_counts": len(wrong),
             "exact": not wrong and not left and len(ids) == count,
+            "cpu_ms_per_job": cpu_ms_per(cpu_before, cpu_after, len(ids)),
             "pool": {"procs": procs, "tasks": count * SMALL_WORKERS, "seconds": pool_s,
                      "tasks_per_s": count * SMALL_WORKERS / pool_s}}
     note("small jobs", out)
@@ -311,6 +385,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def _cpu(ms: dict[str, float]) -> str:
+    return f"{ms['total']:.3f} = " + " + ".join(f"{ms.get(k, 0):.3f}" for k in ("nodes", "pools", "redis", "bench"))
+
+
 def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     out = []
     for j in res["jobs"]:
@@ -319,6 +397,9 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"cut at {j['wall_s']:.0f}s, {j['agents_done']} done"
         out.append((f"one job of {j['agents']} agents", f"{j['agents_per_s']:.0f} agents/s",
                     f"Pool({res['pool_procs']}) {pool:.0f}/s" if pool else "-", what))
+    for j in res["jobs"]:
+        out.append((f"CPU per agent, {j['agents']} agents", _cpu(j["cpu_ms_per_agent"]), "-",
+                    "nodes / pools / redis / bench, ms"))
     if "flatness" in res:
         f = res["flatness"]
         out.append((f"time per agent at {f['to']} vs {f['from']}", f"{f['s_per_agent_ratio']:.2f}x", "-",
@@ -334,6 +415,7 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"Pool {s['pool']['tasks_per_s'] / SMALL_WORKERS:.0f} jobs/s",
                 f"{s['finished']} finished{f', {r} refused' if (r := s['submit_errors']) else ''}, "
                 f"{'exact' if s['wrong_counts'] == 0 else 'NOT exact'}; goal >= 200"))
+    out.append(("CPU per small job", _cpu(s["cpu_ms_per_job"]), "-", "nodes / pools / redis / bench, ms"))
     k = res["owner_kill"]
     if k.get("reached_half"):
         out.append((f"owner SIGKILL at 50 % of {k['agents']} agents", f"{k['recovery_s']:.2f}s to progress",

@@ -31,6 +31,7 @@ def test_every_job_size_is_reported_and_exact(scale: tuple[subprocess.CompletedP
     for j in res["jobs"]:
         assert j["status"] == "completed" and j["exact"] and j["prime_count"] == j["expected"] > 0, j
         assert j["agents_done"] == j["agents"] and j["agents_per_s"] > 0 and j["pool"]["tasks_per_s"] > 0
+        assert j["cpu_ms_per_agent"]["nodes"] > 0 and j["cpu_ms_per_agent"]["total"] > 0, j
     big = res["jobs"][-1]
     assert big["redis"]["used_memory_delta"] > 0 and big["redis"]["key_bytes"]["agents"] > 0
     assert big["owner_vm_hwm_mb"] > 0
@@ -42,6 +43,10 @@ def test_small_jobs_all_finish_exact(scale: tuple[subprocess.CompletedProcess[st
     s = scale[1]["small_jobs"]
     assert s["jobs"] == 30 and s["agents_per_job"] == 20 and s["finished"] == 30 and s["exact"], s
     assert s["jobs_per_s"] > 0
+    cpu = s["cpu_ms_per_job"]
+    assert cpu["nodes"] > 0 and cpu["redis"] > 0 and cpu["bench"] > 0, cpu
+    assert abs(cpu["total"] - sum(cpu[k] for k in ("nodes", "pools", "redis", "bench"))) < 0.01, cpu
+    assert "CPU per small job" in scale[0].stderr
 
 
 def test_owner_kill_recovers_with_the_exact_count(scale: tuple[subprocess.CompletedProcess[str], Any]) -> None:
