@@ -401,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     for w in cfg.warnings:
         log.warning("%s", w)
     try:
+        aio.tune_gc()
         return aio.run(run_node(cfg))
     except KeyboardInterrupt:
         return EX_INTERRUPTED

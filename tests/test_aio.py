@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 
 import pytest
 
-from mn_node.aio import Backoff, Signal, wait_event
+from mn_node.aio import GC_YOUNG, Backoff, Signal, run, tune_gc, wait_event
 
 
 def test_signal_calls_all_subscribers_in_order() -> None:
@@ -81,3 +82,24 @@ def test_backoff_grows_to_cap_with_jitter_and_resets() -> None:
 def test_backoff_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="base"):
         Backoff(0, 1)
+
+
+def test_tune_gc_freezes_what_exists_and_collects_young_objects_less_often() -> None:
+    old = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold()[0] == GC_YOUNG and gc.get_freeze_count() > 0
+        cycle: list[object] = []
+        cycle.append(cycle)  # a cycle made now is still collected
+        del cycle
+        assert gc.collect() >= 1
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*old)
+
+
+def test_run_uses_uvloop_when_installed() -> None:
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run(loop_module()).startswith("uvloop")

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from mn_node.store import decode_event
 from tests.support.cluster import Cluster
 from tests.support.primes import sweep_count
 from tests.support.wait import wait_until
@@ -46,7 +47,23 @@ def wait_done(c: Cluster, job_id: str, timeout: float = 90) -> dict[str, Any]:
         j = job(c, job_id)
         return j if j["status"] in ("completed", "failed", "cancelled") else None
 
-    return wait_until(ended, timeout, f"{job_id} to end")
+    try:
+        return wait_until(ended, timeout, f"{job_id} to end")
+    except AssertionError as e:  # say where the job stands: its agents by state and node, its last events
+        raise AssertionError(f"{e}; {stuck_summary(c, job_id)}") from None
+
+
+def stuck_summary(c: Cluster, job_id: str) -> str:
+    r = rclient(c)
+    h = r.hmget(f"{c.namespace}:job:{job_id}", ["status", "owner", "epoch", "agents_done", "agents_total"])
+    lease = r.get(f"{c.namespace}:lease:job:{job_id}")
+    by: dict[str, int] = {}
+    for st in agent_states(c, job_id).values():
+        k = f"{st.get('status')}@{st.get('node') or '-'}#{st.get('attempt')}"
+        by[k] = by.get(k, 0) + 1
+    tail = [(e.get("type"), e.get("node"), e.get("epoch")) for e in
+            (decode_event(i, f) for i, f in r.xrange(f"{c.namespace}:job:{job_id}:events"))][-12:]
+    return f"job {h} lease {lease!r}; agents {dict(sorted(by.items()))}; last events {tail}"
 
 
 def rclient(c: Cluster) -> redis.Redis:
