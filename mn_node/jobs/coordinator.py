@@ -39,7 +39,7 @@ log = logging.getLogger("mn_node.jobs")
 
 FULL_REFRESH_S = 2.0  # re-read the dispatched agents' states (lost notifications, dead nodes)
 PREFETCH = 2  # runs per executor slot sent ahead at least (more for short runs: see _window)
-MAX_WINDOW = 64  # runs per slot sent ahead at most
+MAX_WINDOW = 256  # runs per slot sent ahead at most
 WINDOW_TARGET_S = 0.1  # send ahead what a slot runs in about this long, so it never idles
 FRESH_CHUNK = 10_000  # pending agent states written per fenced write when a job starts
 READ_CHUNK = 5_000  # agent states read per HMGET

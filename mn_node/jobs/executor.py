@@ -8,8 +8,9 @@ under ``<state dir>/scratch``, group records under ``<state dir>/groups``). A ru
 
 Every per-run cost that crosses a process is batched. Entry-point runs wait in one queue; when
 a slot frees, the runs queued behind it of a task that recently ran under ``CHUNK_UNDER_S``
-are taken together as one *chunk* (at most ``CHUNK_MAX``, about the queue over the capacity,
-so long tasks still spread over every worker) that holds one slot and is ONE pool submission.
+are taken together as one *chunk* (at most ``CHUNK_MAX`` runs or ``CHUNK_WORK_S`` of work, and
+about the queue over the capacity, so long tasks still spread over every worker) that holds one
+slot and is ONE pool submission.
 Each run is counted in ``{ns}:job:<id>:runs`` before it starts (``claim_starts``, per run:
 refused unless the attempt is still the dispatched one of a running job); its output is
 stored by ``store_results`` (per run, conditioned on the same) before the coordinator is
@@ -58,7 +59,8 @@ log = logging.getLogger("mn_node.executor")
 
 STORE_RETRY_S = 30.0
 STORE_CALL_BYTES = 1 << 20  # a store_results call carries about this much at most
-CHUNK_MAX = 16  # entry-point runs in one pool submission
+CHUNK_MAX = 64  # entry-point runs in one pool submission
+CHUNK_WORK_S = 0.05  # ... and about this much work at most (the task's recent run time), so results come back soon
 CHUNK_UNDER_S = 0.01  # only tasks whose recent runs took less than this are chunked
 LOG_CHUNK = 64 * 1024  # most bytes per stream one exec.logs answer carries
 TOLD_OUTPUT_MAX = 16 * 1024  # a bigger output is not sent along with the result: it is read from Redis
@@ -447,12 +449,14 @@ class ExecutorService:
 
     def _take_chunk(self) -> list[Run]:
         """The queue's head, with the runs right behind it when they are all short 1-slot tasks
-        of the same timeout: up to min(CHUNK_MAX, queued / capacity)."""
+        of the same timeout: up to min(CHUNK_MAX, CHUNK_WORK_S of work, queued / capacity)."""
         first = self._queue.popleft()
         runs = [first]
         if not self._chunkable(first):
             return runs
-        size = min(CHUNK_MAX, -(-(len(self._queue) + 1) // max(1, self.capacity)))
+        recent = self._task_s.get(str(first.req.get("task"))) or CHUNK_UNDER_S
+        size = min(CHUNK_MAX, max(1, int(CHUNK_WORK_S / max(recent, 1e-6))),
+                   -(-(len(self._queue) + 1) // max(1, self.capacity)))
         timeout = first.req.get("timeout")
         while len(runs) < size and self._queue:
             run = self._queue[0]
