@@ -55,6 +55,14 @@ class _FollowingPool(SentinelConnectionPool):
         return addr
 
 
+try:  # redis-py >= 7: one DriverInfo for every connection of the node
+    from redis.driver_info import DriverInfo
+
+    _DRIVER_INFO: Any = DriverInfo()
+except ImportError:  # pragma: no cover - older redis-py
+    _DRIVER_INFO = None
+
+
 class Script:
     """One Lua script of :mod:`mn_node.scripts` bound to a :class:`Store`:
     ``await script(keys, args)`` runs it by SHA with the store's error handling.
@@ -166,6 +174,8 @@ class Store:
         kw: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": self.op_timeout,
                               "decode_responses": decode, "retry": Retry(NoBackoff(), 0),
                               "health_check_interval": 0, "max_connections": MAX_CONNECTIONS}
+        if _DRIVER_INFO is not None:  # else every new connection reads redis-py's version from its metadata
+            kw["driver_info"] = _DRIVER_INFO
         if self.sentinel is None or self.sentinel_url is None:
             return aioredis.Redis.from_url(self.url, **kw)
         client: aioredis.Redis = self.sentinel.master_for(

@@ -303,29 +303,45 @@ class Coordinator:
         while True:
             if await self._settle_changed():
                 return True
+            # routers and aggregators run at once, and what they make ready runs in this same
+            # step: their states are written with the dispatches they enable (or the terminal
+            # write), in one call. Progress holds them before that write; a refused write stops
+            # the coordinator (or, paused, writes them alone: see _record_and_send).
             done_now: dict[str, AgentState] = {}
             events: list[tuple[str, dict[str, Any]]] = []
-            for aid in self._p.pop_inline():
-                agent = m.agents[aid]
-                out = run_inline(m, aid, ChainMap(done_now, self.states), self.rt.node)
-                done_now[aid] = out.state
-                if out.fail:
-                    await self._finish("failed", agents=done_now, error=out.fail, agent=aid)
-                    return True
-                events.append(("agent_completed", {"agent": aid, "type": agent.type,
-                                                   **({"skipped": True} if out.state.extra.get("skipped") else {})}))
-                if out.complete is not MISSING:
-                    await self._finish("completed", agents=done_now, result=out.complete, events=events, agent=aid)
-                    return True
+            while inline := self._p.pop_inline():
+                for aid in inline:
+                    agent = m.agents[aid]
+                    out = run_inline(m, aid, self.states, self.rt.node)
+                    done_now[aid] = out.state
+                    self._p.set(aid, out.state)
+                    if out.fail:
+                        await self._finish("failed", agents=done_now, error=out.fail, agent=aid)
+                        return True
+                    events.append(("agent_completed", {"agent": aid, "type": agent.type, **(
+                        {"skipped": True} if out.state.extra.get("skipped") else {})}))
+                    if out.complete is not MISSING:
+                        await self._finish("completed", agents=done_now, result=out.complete, events=events,
+                                           agent=aid)
+                        return True
+            if self._p.done:
+                await self._finish("completed", agents=done_now, events=events, result=self._result())
+                return True
             if await self._dispatch_ready(done_now, events):
                 return True
             if self._p.done:
-                outs = {t: self.states[t].output for t in m.terminals}
-                result = next(iter(outs.values())) if len(outs) == 1 else outs
-                await self._finish("completed", result=result)
+                await self._finish("completed", result=self._result())
                 return True
             if not done_now:
                 return False
+
+    def _result(self) -> Any:
+        """The job's result once every terminal agent completed: the output of the one terminal
+        agent, or ``{agent: output}`` for several."""
+        m = self.manifest
+        assert m is not None
+        outs = {t: self.states[t].output for t in m.terminals}
+        return next(iter(outs.values())) if len(outs) == 1 else outs
 
     async def _settle_changed(self) -> bool:
         """Act on executors that finished since the last look: a ``complete_job`` completes
@@ -393,6 +409,9 @@ class Coordinator:
         window = self._window()
         # the nodes that may take new executors, in a stable order (draining ones never)
         open_nodes = [(n, cap * window) for n, cap in sorted(caps.items()) if n not in self.rt.draining]
+        # runs known to be short stay on this node while it has room: no link message, and one
+        # claim and one store per batch here (a small job often runs here whole)
+        local = self.rt.node if window > PREFETCH else None
         plan: dict[str, AgentState] = {}
         planned: dict[str, int] = {}  # node -> slots of the runs planned there
         plan_events: list[tuple[str, dict[str, Any]]] = []
@@ -403,9 +422,10 @@ class Coordinator:
                     and not inbox(m, aid, ChainMap(done_now, self.states)):
                 self._p.take()
                 done_now[aid] = skipped(self.rt.node)
+                self._p.set(aid, done_now[aid])
                 events.append(("agent_skipped", {"agent": aid, "reason": "received no message"}))
                 continue
-            node = self._pick_node(open_nodes, agent, planned)
+            node = self._pick_node(open_nodes, agent, planned, local)
             if node is None:
                 if agent.is_command and not any(self.rt.allows_commands(n) for n in caps):
                     self._p.take()
@@ -476,12 +496,13 @@ class Coordinator:
             return PREFETCH
         return max(PREFETCH, min(MAX_WINDOW, math.ceil(WINDOW_TARGET_S / max(self._run_s, 1e-4))))
 
-    def _pick_node(self, open_nodes: list[tuple[str, int]], agent: Agent, planned: dict[str, int]) -> str | None:
+    def _pick_node(self, open_nodes: list[tuple[str, int]], agent: Agent, planned: dict[str, int],
+                   local: str | None = None) -> str | None:
         """The node with the most free slots (round robin among equals) among ``open_nodes``
         (not draining; each with :meth:`_window` x its capacity) that may run the agent
-        (command agents: only nodes with MIRROR_NEURON_COMMANDS on). Each node gets up to that
-        many runs (``planned`` ones included), so its pool never idles while a completion
-        travels back to us."""
+        (command agents: only nodes with MIRROR_NEURON_COMMANDS on); ``local`` first while it
+        has a free slot. Each node gets up to that many runs (``planned`` ones included), so its
+        pool never idles while a completion travels back to us."""
         best: list[str] = []
         best_free = 0
         inflight = self._p.inflight
@@ -489,6 +510,8 @@ class Coordinator:
             if agent.is_command and not self.rt.allows_commands(node):
                 continue
             free = most - inflight.get(node, 0) - planned.get(node, 0)
+            if node == local and free > 0:
+                return node
             if free > best_free:
                 best, best_free = [node], free
             elif free == best_free and free > 0:
