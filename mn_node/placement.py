@@ -62,8 +62,7 @@ class Placement:
         self.grace = leases.ttl_ms / 1000
         self._free_since: dict[str, float] = {}
         self._held: set[str] = set()  # jobs whose lease a live node held at this node's last look
-        self._full_every = self.tick
-        self._last_full = -self._full_every
+        self._last_full = -self.tick
         self._wake = asyncio.Event()
         self.sweeps = 0
         self.index_trimmed = 0  # expired job ids the leader dropped from the job indexes
@@ -75,7 +74,7 @@ class Placement:
         self.drain = DrainControl(node, store, runtime, members, election, self.kick_all)
 
     def _on_change(self, m: Member) -> None:
-        self._last_full = -self._full_every  # a holder may be gone: look at every job again
+        self._last_full = -self.tick  # a holder may be gone: look at every job again
         self._wake.set()
 
     def kick_all(self) -> None:
@@ -103,7 +102,7 @@ class Placement:
         await self._trim_index()
         active: set[str] = await self.store.guard(self.store.r.smembers(self.store.key("jobs", "active")))
         now = time.monotonic()
-        full = now - self._last_full >= self._full_every
+        full = now - self._last_full >= self.tick
         if full:
             self._last_full = now
         self._held &= active
@@ -112,7 +111,7 @@ class Placement:
             if j not in active:
                 del self._free_since[j]
         # jobs skipped by a partial pass are looked at again by the full pass that follows soon
-        delay = self.tick if full or not self._held else min(self.tick, self._last_full + self._full_every - now)
+        delay = self.tick if full or not self._held else min(self.tick, self._last_full + self.tick - now)
         if not candidates:
             return delay
         pipe = self.store.r.pipeline(transaction=False)

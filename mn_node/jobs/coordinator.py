@@ -194,10 +194,8 @@ class Coordinator:
         for chunk in chunks[:-1]:
             await self.write(agents={aid: AgentState() for aid in chunk})
         last = {aid: AgentState() for aid in chunks[-1]}
-        if carry:
+        if carry:  # Progress already holds them as pending (Progress.load)
             self._carry = (job, last, events)
-            for aid, st in last.items():
-                self._p.set(aid, st)
             return
         await self.write(job=job, agents=last, events=events)
 

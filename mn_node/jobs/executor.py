@@ -46,7 +46,7 @@ from mn_node.jobs import tasks
 from mn_node.jobs.batch import Batcher
 from mn_node.jobs.outcome import Outcome, attempt_record, outcome_of
 from mn_node.jobs.progress import KEPT_EXTRA
-from mn_node.jobs.state import JobKeys
+from mn_node.jobs.state import AgentState, JobKeys
 from mn_node.link.manager import LinkManager
 from mn_node.runners.base import RunRequest, RunResult, envelope
 from mn_node.runners.command import CommandRunner
@@ -353,10 +353,11 @@ class ExecutorService:
         out = []
         for aid, attempt in msg["agents"]:
             run = self.runs.get((job_id, str(aid)))
-            known = run is not None and run.attempt == int(attempt)
-            if run is not None and known:
+            if run is not None and run.attempt == int(attempt):
                 run.owner = frm
-            out.append(known)
+                out.append(True)
+            else:
+                out.append(False)
         return out
 
     def on_cancel(self, frm: str, msg: Any) -> int:
@@ -689,6 +690,17 @@ def _told_state(item: Stored, args: list[Any]) -> list[Any] | None:
         return None
     extra = {k: v for k, v in out.extra.items() if k in TOLD_EXTRA}
     return [out.status, args[3] if out.status == "completed" else None, out.error, extra]
+
+
+def told_state(node: str, attempt: Any, told: Any) -> AgentState | None:
+    """The agent state a :func:`_told_state` entry from ``node`` stands for; None when there is
+    none or it cannot be read (then the coordinator reads the state from Redis)."""
+    try:
+        status, output, error, extra = told
+        return AgentState(str(status), int(attempt), node, json.loads(output) if output else None,
+                          str(error or ""), dict(extra))
+    except (TypeError, ValueError):
+        return None
 
 
 def _store_args(node: str, item: Stored) -> list[Any]:

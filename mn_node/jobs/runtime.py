@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from pathlib import Path
@@ -13,8 +12,7 @@ from mn_node.aio import Signal
 from mn_node.config import DEFAULT_JOB_RETENTION_MS
 from mn_node.errors import MirrorNeuronError, NotConnected
 from mn_node.jobs.coordinator import Coordinator
-from mn_node.jobs.executor import ExecutorService
-from mn_node.jobs.state import AgentState
+from mn_node.jobs.executor import ExecutorService, told_state
 from mn_node.leases import Lease, LeaseManager
 from mn_node.link.manager import LinkManager
 from mn_node.membership import Membership
@@ -25,17 +23,6 @@ log = logging.getLogger("mn_node.jobs")
 
 CALL_TIMEOUT = 3.0
 RUN_S_GRAPHS = 1000  # graphs whose run time is remembered
-
-
-def _told(node: str, attempt: Any, told: Any) -> AgentState | None:
-    """The agent state an executing node says it stored (``[status, output JSON, error,
-    extra]``), None when it sent none or it cannot be read (then the state is read from Redis)."""
-    try:
-        status, output, error, extra = told
-        return AgentState(str(status), int(attempt), node, json.loads(output) if output else None,
-                          str(error or ""), dict(extra))
-    except (TypeError, ValueError):
-        return None
 
 
 class JobRuntime:
@@ -124,7 +111,7 @@ class JobRuntime:
         agents, attempts = msg.get("agents") or [], msg.get("attempts") or []
         states = msg.get("states") or [None] * len(agents)
         for aid, attempt, told in zip(agents, attempts, states, strict=False):
-            c.notify_done(str(aid), _told(frm, attempt, told))
+            c.notify_done(str(aid), told_state(frm, attempt, told))
 
     def _on_cancel(self, frm: str, msg: Any) -> None:
         c = self.coordinators.get(str(msg.get("job")))
